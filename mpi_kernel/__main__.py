@@ -1,0 +1,80 @@
+"""`python -m mpi_kernel`: what each rank does.
+
+    mpiexec -n N python -m mpi_kernel script.py [args]   run a script on the client
+    mpiexec -n N python -m mpi_kernel -c CODE [args]     run code on the client
+    mpiexec -n N python -m mpi_kernel -f CONNECTION_FILE run the Jupyter kernel on the client
+    python -m mpi_kernel install [...]                   write a kernelspec (no MPI needed)
+
+Ranks 0..N-2 serve commands; the top rank runs the script, code or kernel, and
+stops the servers when it ends, so the job exits with the client's status.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def _run_client(argv: list[str]) -> int:
+    """Run the script or code as __main__; return its exit status."""
+    from . import logs
+    logs.configure_console(os.environ.get("MPI_KERNEL_LOG_LEVEL", "WARNING").upper())
+    try:
+        if argv[0] == "-c":
+            if len(argv) < 2:
+                print("error: -c needs CODE\n" + USAGE, file=sys.stderr)
+                return 2
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _stop_servers() -> None:
+    from .client import MPICommandClient
+    MPICommandClient().stop_services()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "install":
+        from .kernelspec import main as install
+        return install(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 2
+    from . import environment
+    try:
+        env = environment.launch()
+    except environment.MPIEnvironmentError as exc:
+        print(f"mpi_kernel: error: {exc}", file=sys.stderr)
+        return 2
+    if not env.is_client:
+        from .server import MPICommandServer
+        MPICommandServer().serve()
+        return 0
+    try:
+        if argv[0] == "-f":
+            from .kernel import main as kernel_main
+            return kernel_main(argv)
+        return _run_client(argv)
+    finally:
+        _stop_servers()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

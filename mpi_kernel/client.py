@@ -1,0 +1,414 @@
+"""MPICommandClient: the top rank's API to the servers (the mpi4casa guide, 5.3-5.7).
+
+One lock guards the client's state and the receiving side of the framework
+communicator. Whoever holds it "pumps": receives every waiting message, records
+responses, hands out queued requests to idle servers and runs the monitor.
+A background service thread pumps when nobody else does; a blocking call pumps
+itself, which is what keeps a round trip near the raw MPI latency.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from traitlets import Float, Int
+from traitlets.config import Configurable
+
+from . import environment, logs, protocol, transport
+from .monitor import MonitorClient
+from .protocol import Tag
+
+log = logging.getLogger("mpi_kernel.client")
+StreamCallback = Callable[[int, "int | None", str, str], None]
+
+
+class MPICommandClient(Configurable):
+    """The one client of the process: `MPICommandClient()` always returns it."""
+
+    ping_interval = Float(1.0, help="Seconds between monitor pings to each server.").tag(config=True)
+    server_timeout = Float(30.0, help="Seconds without an answer to a ping before a server "
+                                      "is marked 'timeout'.").tag(config=True)
+    start_timeout = Float(30.0, help="Seconds to wait for the servers in start_services().").tag(config=True)
+    stop_timeout = Float(5.0, help="Seconds to wait for the servers in stop_services().").tag(config=True)
+    log_level = Int(logging.WARNING, help="Level of the server logs forwarded to the client.").tag(config=True)
+
+    _instance: "MPICommandClient | None" = None
+    _created = threading.Lock()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "MPICommandClient":
+        with cls._created:
+            if cls._instance is None:
+                env = environment.current()
+                if not env.is_client:
+                    raise RuntimeError(
+                        f"MPICommandClient cannot be created on server rank {env.rank}: only the top "
+                        f"rank ({env.client_rank}) is the client. On servers, use the command "
+                        f"namespace (comm, rank, size) directly.")
+                instance = super().__new__(cls)
+                instance._env = env
+                cls._instance = instance
+        return cls._instance
+
+    def __init__(self, **kwargs: Any) -> None:
+        if getattr(self, "_initialised", False):
+            for name, value in kwargs.items():  # later calls may still adjust settings
+                setattr(self, name, value)
+            return
+        super().__init__(**kwargs)
+        env = self._env
+        self._comm = env.framework
+        self._servers = env.server_ranks
+        self._lock = threading.RLock()
+        self._state = "created"  # -> "running" -> "stopped"
+        self._ids = itertools.count(1)
+        self._requests: dict[int, dict] = {}
+        self._responses: dict[int, dict] = {}
+        self._queues: dict[int, collections.deque[int]] = {s: collections.deque() for s in self._servers}
+        self._any_queue: collections.deque[int] = collections.deque()
+        self._inflight: dict[int, int | None] = {s: None for s in self._servers}
+        self._encoded: dict[int, tuple[bytes, list]] = {}  # queued requests, pickled at push time
+        self._status = transport.MPI.Status()
+        self._monitor = MonitorClient(self._servers, self.ping_interval, self.server_timeout)
+        self._next_tick = 0.0
+        self._hello: set[int] = set()
+        self._stopped: set[int] = set()
+        self._service: threading.Thread | None = None
+        self._halt = threading.Event()
+        self.stream_callback: StreamCallback | None = None
+        self.observe(self._observe_monitor, names=["ping_interval", "server_timeout"])
+        logs.install_origin(env.origin)
+        atexit.register(self._at_exit)
+        self._initialised = True
+
+    def _observe_monitor(self, change: dict) -> None:
+        setattr(self._monitor, change["name"], change["new"])
+
+    # -- life cycle (guide 5.3) ----------------------------------------------------------
+    def start_services(self) -> None:
+        """Start the servers' services and the client's service thread."""
+        with self._lock:
+            if self._state == "running":
+                return
+            if self._state == "stopped":
+                raise RuntimeError("the services were stopped and the servers have exited; "
+                                   "they cannot be started again in this job")
+            log.info("MPI enabled at host %s with rank %d as MPIClient using %s", self._env.host,
+                     self._env.rank, self._env.library)
+            for server in self._servers:
+                transport.send(self._comm, (protocol.START, {"log_level": self.log_level}),
+                               server, Tag.CONTROL)
+        missing = self._wait_until(lambda: set(self._servers) - self._hello, self.start_timeout)
+        if missing:
+            raise RuntimeError(
+                f"servers {protocol.format_ranks(sorted(missing))} did not answer within "
+                f"{self.start_timeout:g} s. Were all ranks started with `python -m mpi_kernel`?")
+        with self._lock:
+            self._state = "running"
+            self._service = threading.Thread(target=self._service_loop, name="mpi-kernel-client",
+                                             daemon=True)
+            self._service.start()
+        log.info("all services started on servers %s", protocol.format_ranks(self._servers))
+
+    def stop_services(self) -> None:
+        """Stop the servers (they exit) and the client's services. Safe to call twice."""
+        with self._lock:
+            if self._state == "stopped":
+                return
+            pending = [i for i in self._requests if i not in self._responses]
+            if pending:
+                log.warning("stopping with %d requests unanswered: %s", len(pending), pending)
+            self._state = "stopped"
+            for server in self._servers:
+                transport.send(self._comm, (protocol.STOP, self.stop_timeout / 2), server, Tag.CONTROL)
+        missing = self._wait_until(lambda: set(self._servers) - self._stopped, self.stop_timeout)
+        self._halt.set()
+        if self._service is not None and self._service is not threading.current_thread():
+            self._service.join(timeout=2)
+        if missing:
+            log.error("servers %s did not confirm the stop within %g s",
+                      protocol.format_ranks(sorted(missing)), self.stop_timeout)
+        log.info("all services stopped")
+
+    def _at_exit(self) -> None:
+        if self._state == "running":
+            self.stop_services()
+
+    # -- commands (guide 5.4) ------------------------------------------------------------
+    def push_command_request(self, command: str, block: bool = False, target_server: Any = None,
+                             parameters: dict | None = None) -> list:
+        """Queue `command` (eval if it is an expression, else exec) for the target servers.
+
+        Returns the request ids, or with block=True the response dicts.
+        """
+        mode = protocol.command_mode(command)
+        parameters = protocol.check_parameters(parameters)
+        ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+        return self.get_command_response(ids, block=True) if block else ids
+
+    def get_command_response(self, command_request_id_list: Iterable[int], block: bool = False,
+                             verbose: bool = True, timeout: float | None = None) -> list[dict]:
+        """Responses for the given ids, in that order (guide 5.4).
+
+        Non-blocking returns those available. Blocking waits for all of them (a timed-out
+        server's requests count as answered by their timeout response); with `timeout` it
+        raises TimeoutError naming the ids still pending.
+        """
+        ids = self._check_ids(command_request_id_list)
+        if block:
+            self._wait_for(ids, timeout)
+        else:
+            with self._lock, transport.sigint_deferred():
+                self._pump()
+        with self._lock:
+            if verbose and not block:
+                for i in ids:
+                    if i not in self._responses:
+                        req = self._requests[i]
+                        log.info("command request with id# %d %s, response pending ...", i,
+                                 f"assigned to server n# {req['server']}" if req["server"] is not None
+                                 else "holding queue")
+            return [self._responses[i] for i in ids if i in self._responses]
+
+    def get_command_request_list(self) -> dict[int, dict]:
+        """All requests by id: command, mode, parameters, server, status."""
+        with self._lock:
+            return {i: {k: v for k, v in r.items() if k != "kind"} for i, r in self._requests.items()}
+
+    def get_command_response_list(self) -> dict[int, dict]:
+        """All responses received so far, by id."""
+        with self._lock:
+            return dict(self._responses)
+
+    def get_server_status(self, server: int | None = None) -> dict:
+        """The monitor's view: per server rank, host, pid, busy, command, timeout, state."""
+        with self._lock:
+            if server is not None:
+                (server,) = protocol.check_targets(server, self._servers)
+                return self._monitor.table[server].as_dict()
+            return {r: s.as_dict() for r, s in self._monitor.table.items()}
+
+    # -- variables ------------------------------------------------------------------------
+    def push(self, variables: dict, targets: Any = None) -> None:
+        """Set variables in the servers' namespaces (default: all servers); they persist."""
+        if not isinstance(variables, dict):
+            raise TypeError(f"push() takes a dict of names to values, not {type(variables).__name__}")
+        names = protocol.check_names(list(variables), "push")
+        self._run_internal(protocol.PUSH, f"<push {', '.join(names)}>", variables, targets)
+
+    def pull(self, names: str | list[str], targets: Any = None) -> dict[int, Any]:
+        """Fetch variables from servers: {rank: value} (a list of values if `names` is a list)."""
+        wanted = protocol.check_names(names, "pull")
+        values = self._run_internal(protocol.PULL, f"<pull {', '.join(wanted)}>", wanted, targets)
+        return {rank: v[0] if isinstance(names, str) else v for rank, v in values.items()}
+
+    def _run_internal(self, kind: str, label: str, payload: Any, targets: Any) -> dict[int, Any]:
+        ids = self._submit(kind, label, kind, None, payload, self._servers if targets is None else targets)
+        self._wait_for(ids, None)
+        with self._lock:
+            responses = [self._responses.pop(i) for i in ids]
+            for i in ids:
+                self._requests.pop(i)
+        failed = [r for r in responses if not r["successful"]]
+        if failed:
+            raise RuntimeError(f"{label} failed on server {failed[0]['server']}:\n{failed[0]['traceback']}")
+        return {r["server"]: r["ret"] for r in responses}
+
+    # -- interrupts ------------------------------------------------------------------------
+    def interrupt(self, targets: Any = None) -> list[int]:
+        """Raise KeyboardInterrupt in the running command of the target servers (default: all busy).
+
+        Queued requests are kept. Returns the servers that were running something.
+        """
+        with self._lock:
+            ranks = self._servers if targets is None else protocol.check_targets(targets, self._servers)
+            busy = [s for s in ranks if self._inflight[s] is not None]
+            for server in busy:
+                transport.send(self._comm, (protocol.INTERRUPT, self._inflight[server]), server, Tag.CONTROL)
+        return busy
+
+    # -- internals: queueing ---------------------------------------------------------------
+    def _require_running(self) -> None:
+        if self._state == "created":
+            raise RuntimeError("the client services are not started: call start_services() first")
+        if self._state == "stopped":
+            raise RuntimeError("the client services were stopped (stop_services()); the servers have "
+                               "exited and cannot take commands in this job")
+
+    def _submit(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
+                target: Any) -> list[int]:
+        """Validate, pickle and queue one request per target; send what can go now."""
+        self._require_running()
+        ranks = protocol.check_targets(target, self._servers)
+        with self._lock, transport.sigint_deferred():
+            for rank in ranks or ():
+                if self._monitor.table[rank].timeout:
+                    raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
+                                       f"for {self.server_timeout:g} s); choose another target")
+            ids = []
+            for rank in ranks or [None]:
+                request_id = next(self._ids)
+                message = protocol.make_request(kind, request_id, command, mode, payload)
+                encoded = transport.encode(message)  # raises here if a value cannot be pickled
+                self._encoded[request_id] = encoded
+                self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
+                                              "mode": mode, "parameters": parameters, "server": rank,
+                                              "status": protocol.HOLDING_QUEUE, "target": rank}
+                (self._any_queue if rank is None else self._queues[rank]).append(request_id)
+                ids.append(request_id)
+            self._dispatch()
+        return ids
+
+    def _dispatch(self) -> None:
+        """Send the next queued request to every idle, responsive server."""
+        for server in self._servers:
+            if self._inflight[server] is not None or self._monitor.table[server].timeout:
+                continue
+            queue = self._queues[server] or self._any_queue
+            if not queue:
+                continue
+            request_id = queue.popleft()
+            request = self._requests[request_id]
+            transport.send_encoded(self._comm, self._encoded.pop(request_id), server, Tag.REQUEST)
+            self._inflight[server] = request_id
+            request.update(server=server, status=protocol.REQUEST_SENT)
+            log.debug("command request with id# %d sent to server n# %d", request_id, server)
+
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        if isinstance(ids, int) and not isinstance(ids, bool):
+            ids = [ids]
+        ids = list(ids)
+        unknown = [i for i in ids if i not in self._requests]
+        if unknown:
+            raise KeyError(f"unknown command request ids {unknown}; known ids are "
+                           f"{protocol.format_ranks(list(self._requests)) or 'none'}")
+        return ids
+
+    # -- internals: receiving -------------------------------------------------------------
+    def _pump(self) -> bool:
+        """Receive all waiting messages, dispatch queued requests, run the monitor.
+
+        Call with the lock held. Returns True if anything arrived.
+        """
+        got_any = False
+        while self._comm.Iprobe(transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG, self._status):
+            got_any = True
+            source, tag = self._status.Get_source(), self._status.Get_tag()
+            msg = self._comm.improbe(source, tag, self._status)
+            message = transport.receive(self._comm, msg, self._status)
+            if tag == Tag.RESPONSE:
+                self._on_response(source, message)
+            elif tag == Tag.EVENT:
+                self._on_event(source, *message)
+            else:
+                log.error("unexpected message with tag %d from rank %d dropped", tag, source)
+        if got_any:
+            self._dispatch()
+        now = time.monotonic()
+        if self._state == "running" and now >= self._next_tick:
+            self._next_tick = now + 0.01
+            self._run_monitor(now)
+        return got_any
+
+    def _on_response(self, server: int, response: dict) -> None:
+        request_id = response["id"]
+        request = self._requests[request_id]
+        if self._inflight[server] == request_id:
+            self._inflight[server] = None
+        response.update(command=request["command"], parameters=request["parameters"], server=server)
+        request["status"] = protocol.RESPONSE_RECEIVED
+        self._responses[request_id] = response
+        if response["successful"]:
+            log.debug("command request with id %d successfully handled by server n# %d",
+                      request_id, server)
+        else:
+            log.info("command request with id %d failed in server n# %d with traceback %s",
+                     request_id, server, response["traceback"])
+
+    def _on_event(self, server: int, kind: str, payload: Any) -> None:
+        now = time.monotonic()
+        if kind == protocol.STREAM:
+            if self.stream_callback is not None:
+                request_id, name, text = payload
+                try:
+                    self.stream_callback(server, request_id, name, text)
+                except Exception:
+                    log.exception("stream callback failed")
+        elif kind == protocol.LOG:
+            logs.reemit(payload)
+        elif kind in (protocol.PONG, protocol.HELLO):
+            if kind == protocol.HELLO:
+                self._hello.add(server)
+                log.info("server with rank %d started at %s with PID %d", server, payload["host"],
+                         payload["pid"])
+            if self._monitor.answered(server, payload, now):
+                log.warning("server %d answers again after a timeout", server)
+                self._dispatch()
+        elif kind == protocol.STOPPED:
+            self._stopped.add(server)
+
+    def _run_monitor(self, now: float) -> None:
+        for server in self._monitor.due(now):
+            transport.send(self._comm, (protocol.PING, None), server, Tag.CONTROL)
+            self._monitor.pinged(server, now)
+        for server in self._monitor.expired(now):
+            self._on_timeout(server)
+
+    def _on_timeout(self, server: int) -> None:
+        """Give the server's pending requests synthetic timeout responses (kept queued)."""
+        pending = [i for i, r in self._requests.items()
+                   if r["status"] in (protocol.REQUEST_SENT, protocol.HOLDING_QUEUE)
+                   and (r["server"] == server or i == self._inflight[server])]
+        log.warning("server %d timed out (no answer for %g s); %d pending requests marked timeout",
+                    server, self.server_timeout, len(pending))
+        for request_id in pending:
+            request = self._requests[request_id]
+            request["status"] = protocol.TIMEOUT
+            self._responses[request_id] = protocol.timeout_response(request, server, self.server_timeout)
+
+    # -- internals: waiting --------------------------------------------------------------
+    def _wait_for(self, ids: list[int], timeout: float | None) -> None:
+        missing = self._wait_until(lambda: [i for i in ids if i not in self._responses], timeout)
+        if missing:
+            with self._lock:
+                where = ", ".join(f"{i} (server {self._requests[i]['server']}, "
+                                  f"{self._requests[i]['status']})" for i in missing)
+            raise TimeoutError(f"no response within {timeout:g} s for command request ids {where}")
+
+    def _wait_until(self, pending: Callable[[], Any], timeout: float | None) -> Any:
+        """Pump until `pending()` is empty or `timeout` passes; return what is still pending.
+
+        A polling loop (transport.Backoff), so Ctrl-C and timeouts always work.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = transport.Backoff()
+        while True:
+            with self._lock, transport.sigint_deferred():
+                active = self._pump()
+                left = pending()
+            if not left or (deadline is not None and time.monotonic() > deadline):
+                return left
+            if active:
+                backoff.reset()
+            else:
+                backoff.wait()
+
+    def _service_loop(self) -> None:
+        backoff = transport.Backoff()
+        while not self._halt.is_set():
+            active = False
+            if self._lock.acquire(blocking=False):
+                try:
+                    active = self._pump()
+                except Exception:
+                    log.exception("client service thread error")
+                finally:
+                    self._lock.release()
+            if active:
+                backoff.reset()
+            else:
+                backoff.wait()

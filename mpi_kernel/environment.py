@@ -1,0 +1,110 @@
+"""MPI initialisation, world checks and the client/server split.
+
+The client is the top rank (N-1) and ranks 0..N-2 are servers, as in the
+mpi4casa guide (section 5.2). Every rank must call `launch()` once, because
+creating the framework's communicators is collective.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+
+import mpi4py
+
+mpi4py.rc.thread_level = "multiple"  # must be set before MPI is imported
+from mpi4py import MPI  # noqa: E402
+
+_LEVELS = {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE", MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
+           MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED", MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDRA_CONTROL_FD",
+                  "SLURM_PROCID")
+
+
+class MPIEnvironmentError(RuntimeError):
+    """The MPI world cannot host mpi-kernel; the message says why and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MPIEnvironment:
+    world: MPI.Comm       # COMM_WORLD, for user code
+    framework: MPI.Comm   # private Dup: framework traffic only
+    servers: MPI.Comm     # servers-only communicator (COMM_NULL on the client)
+    rank: int
+    size: int
+    host: str
+    library: str
+
+    @property
+    def client_rank(self) -> int:
+        return self.size - 1
+
+    @property
+    def server_ranks(self) -> list[int]:
+        return list(range(self.size - 1))
+
+    @property
+    def is_client(self) -> bool:
+        return self.rank == self.client_rank
+
+    @property
+    def origin(self) -> str:
+        """Log origin, as in the guide: host:MPIClient or host:MPIServer-N."""
+        role = "MPIClient" if self.is_client else f"MPIServer-{self.rank}"
+        return f"{self.host}:{role}"
+
+
+_current: MPIEnvironment | None = None
+
+
+def library_name() -> str:
+    return MPI.Get_library_version().splitlines()[0].strip()
+
+
+def check_world(provided: int, size: int, library: str) -> None:
+    """Raise MPIEnvironmentError if this world cannot host a client and servers."""
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if provided < MPI.THREAD_MULTIPLE:
+        raise MPIEnvironmentError(
+            f"mpi-kernel needs MPI_THREAD_MULTIPLE, but {library} granted only "
+            f"{_LEVELS.get(provided, provided)}. Install an MPI built with thread support, "
+            f"for example `pip install mpich` into this environment.")
+    if size >= 2:
+        return
+    launched = [v for v in _LAUNCHER_VARS if v in os.environ]
+    if launched:
+        hint = (f"This process was started by a launcher ({', '.join(launched)} is set), so that "
+                f"mpiexec probably belongs to another MPI than the one mpi4py uses ({library}): each "
+                f"process then starts its own world of size 1. Use the matching launcher: {mpiexec}")
+    else:
+        hint = f"Start it with an MPI launcher, e.g. {mpiexec} -n 4 {sys.executable} -m mpi_kernel ..."
+    raise MPIEnvironmentError(
+        f"mpi-kernel needs at least 2 MPI processes (1 client + 1 or more servers), but the MPI "
+        f"world has size {size}. {hint}")
+
+
+def launch() -> MPIEnvironment:
+    """Initialise MPI on this rank and build the framework communicators (collective)."""
+    global _current
+    if _current is not None:
+        return _current
+    world = MPI.COMM_WORLD
+    library = library_name()
+    check_world(MPI.Query_thread(), world.Get_size(), library)
+    rank, size = world.Get_rank(), world.Get_size()
+    framework = world.Dup()
+    framework.Set_name("mpi_kernel.framework")
+    servers = world.Split(MPI.UNDEFINED if rank == size - 1 else 0, rank)
+    _current = MPIEnvironment(world, framework, servers, rank, size, socket.gethostname(), library)
+    return _current
+
+
+def current() -> MPIEnvironment:
+    """The environment set up by `launch()`; a clear error if this process was not launched."""
+    if _current is None:
+        raise MPIEnvironmentError(
+            "mpi-kernel is not running in this process. Start the job with its launcher, e.g. "
+            f"mpiexec -n 4 {sys.executable} -m mpi_kernel script.py, so that the other ranks "
+            "serve commands.")
+    return _current

@@ -1,0 +1,94 @@
+"""Server-side capture of stdout/stderr.
+
+While a command runs, what it writes is kept for the response and also streamed
+to the client in small batches (by size, or by age when the monitor thread
+flushes), so the notebook shows it live. Nothing reaches mpiexec's stdout.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from typing import Callable
+
+FLUSH_AGE = 0.02      # seconds a partial batch may wait before the monitor thread sends it
+FLUSH_SIZE = 64 * 1024
+
+Sender = Callable[[int | None, str, str], None]  # (request_id, stream name, text)
+
+
+class OutputCapture:
+    """Collects what a command writes and streams it to the client."""
+
+    def __init__(self, send: Sender) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._request_id: int | None = None
+        self._kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._pending: list[tuple[str, str]] = []
+        self._pending_size = 0
+        self._pending_since = 0.0
+
+    def begin(self, request_id: int) -> None:
+        with self._lock:
+            self._flush_locked()
+            self._request_id = request_id
+            self._kept = {"stdout": [], "stderr": []}
+
+    def end(self) -> tuple[str, str]:
+        """Flush what is pending and return the command's (stdout, stderr)."""
+        with self._lock:
+            self._flush_locked()
+            kept, self._kept = self._kept, {"stdout": [], "stderr": []}
+            self._request_id = None
+        return "".join(kept["stdout"]), "".join(kept["stderr"])
+
+    def write(self, name: str, text: str) -> None:
+        with self._lock:
+            if self._request_id is not None:
+                self._kept[name].append(text)
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append((name, text))
+            self._pending_size += len(text)
+            if self._pending_size >= FLUSH_SIZE:
+                self._flush_locked()
+
+    def flush_if_old(self) -> None:
+        """Called by the monitor thread: send a batch that has waited FLUSH_AGE."""
+        if self._pending and time.monotonic() - self._pending_since >= FLUSH_AGE:
+            with self._lock:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        # Merge consecutive chunks of the same stream into one message each.
+        merged: list[tuple[str, list[str]]] = []
+        for name, text in self._pending:
+            if merged and merged[-1][0] == name:
+                merged[-1][1].append(text)
+            else:
+                merged.append((name, [text]))
+        self._pending, self._pending_size = [], 0
+        for name, parts in merged:
+            self._send(self._request_id, name, "".join(parts))
+
+
+class RemoteStream(io.TextIOBase):
+    """A text stream (sys.stdout/sys.stderr on a server) feeding an OutputCapture."""
+
+    def __init__(self, name: str, capture: OutputCapture) -> None:
+        self.name = name
+        self._capture = capture
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            self._capture.write(self.name, text)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False

@@ -1,0 +1,153 @@
+"""Message tags, request/response shapes and status values.
+
+Pure Python: nothing here touches MPI, so it is unit-tested without mpiexec.
+The response keys and status strings follow the mpi4casa guide (section 5.4).
+"""
+from __future__ import annotations
+
+import enum
+import functools
+import keyword
+from typing import Any
+
+
+class Tag(enum.IntEnum):
+    """Tags on the framework's private communicator (a Dup of COMM_WORLD)."""
+
+    REQUEST = 11   # client -> server main thread: command, push, pull
+    CONTROL = 12   # client -> server service thread: start, ping, interrupt, stop
+    RESPONSE = 13  # server main thread -> client
+    EVENT = 14     # server -> client: hello, pong, stream, log, stopped
+    DATA = 15      # out-of-band buffers that follow a REQUEST or RESPONSE header
+
+
+# Request status values, as in the guide.
+HOLDING_QUEUE = "holding queue"
+REQUEST_SENT = "request sent"
+RESPONSE_RECEIVED = "response received"
+TIMEOUT = "timeout"
+
+# Server states reported by the monitor.
+IDLE, BUSY = "idle", "busy"
+
+# Request kinds. "command" is the guide's; push/pull move persistent variables.
+COMMAND, PUSH, PULL = "command", "push", "pull"
+
+# Control and event kinds.
+START, PING, INTERRUPT, STOP = "start", "ping", "interrupt", "stop"
+HELLO, PONG, STREAM, LOG, STOPPED = "hello", "pong", "stream", "log", "stopped"
+
+RESPONSE_KEYS = (
+    "command", "id", "mode", "parameters", "ret", "server", "status",
+    "successful", "traceback", "command_start_time", "command_stop_time",
+    "stdout", "stderr",
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def command_mode(command: str) -> str:
+    """Return "eval" if `command` compiles as an expression, else "exec".
+
+    Raises SyntaxError when it is neither. Cached: notebooks and loops send the
+    same command text again and again, and compiling costs more than a round trip.
+    """
+    if not isinstance(command, str):
+        raise TypeError(f"command must be a str, not {type(command).__name__}")
+    try:
+        compile(command, "<command>", "eval")
+        return "eval"
+    except SyntaxError:
+        pass
+    compile(command, "<command>", "exec")  # raises SyntaxError with the details
+    return "exec"
+
+
+def check_names(names: Any, what: str) -> list[str]:
+    """Validate variable names for push/pull/parameters; return them as a list."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if not names:
+        raise ValueError(f"{what}: no variable names given")
+    for name in names:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"{what}: {name!r} is not a valid Python variable name")
+    return names
+
+
+def check_parameters(parameters: Any) -> dict | None:
+    """Parameters are None or a dict whose keys are variable names."""
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise TypeError(
+            f"parameters must be a dict of variable names to values, not {type(parameters).__name__}")
+    check_names(list(parameters) or ["_"], "parameters")
+    return parameters
+
+
+def check_targets(target: Any, servers: list[int]) -> list[int] | None:
+    """Turn the guide's target_server argument into a list of ranks (None = any server).
+
+    Raises TypeError/ValueError with the valid ranks in the message.
+    """
+    if target is None:
+        return None
+    valid = f"valid server ranks are {format_ranks(servers)}"
+    if isinstance(target, bool) or not isinstance(target, (int, list, tuple)):
+        raise TypeError(
+            f"target_server must be None, an int or a list of ints, not {type(target).__name__}; {valid}")
+    ranks = [target] if isinstance(target, int) else list(target)
+    if not ranks:
+        raise ValueError(f"target_server is an empty list; {valid}")
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"target_server entries must be ints, not {type(rank).__name__}; {valid}")
+        if rank not in servers:
+            raise ValueError(f"{rank} is not a server rank; {valid}")
+    return ranks
+
+
+def format_ranks(ranks: list[int]) -> str:
+    """Format [0, 1, 2, 5] as "0-2, 5" (used in messages)."""
+    ranks = sorted(set(ranks))
+    parts: list[str] = []
+    start = prev = None
+    for r in ranks + [None]:
+        if start is not None and (r is None or r != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if r is not None and start is None:
+            start = r
+        prev = r
+    return ", ".join(parts)
+
+
+def make_request(kind: str, request_id: int, command: str, mode: str, payload: Any) -> dict:
+    """The dict sent to a server. `payload` is parameters, pushed variables or pulled names."""
+    return {"kind": kind, "id": request_id, "command": command, "mode": mode, "payload": payload}
+
+
+def make_response(request: dict, server: int, **fields: Any) -> dict:
+    """A response dict with exactly RESPONSE_KEYS; fields override the defaults."""
+    response = {
+        "command": request["command"], "id": request["id"], "mode": request["mode"],
+        "parameters": request.get("parameters"), "ret": None, "server": server,
+        "status": RESPONSE_RECEIVED, "successful": False, "traceback": None,
+        "command_start_time": None, "command_stop_time": None, "stdout": "", "stderr": "",
+    }
+    unknown = set(fields) - set(RESPONSE_KEYS)
+    if unknown:
+        raise KeyError(f"unknown response fields {sorted(unknown)}")
+    response.update(fields)
+    return response
+
+
+def timeout_response(request: dict, server: int, timeout: float) -> dict:
+    """The synthetic response a pending request gets when its server times out."""
+    return make_response(
+        request, server, status=TIMEOUT, successful=False,
+        traceback=(f"Timeout of assigned server {server}: it did not answer the monitor "
+                   f"for more than {timeout:g} s. The real response replaces this one "
+                   f"if the server recovers."),
+    )

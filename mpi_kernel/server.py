@@ -1,0 +1,196 @@
+"""MPICommandServer: runs on ranks 0..N-2, executes what the client sends.
+
+The main thread receives requests and runs them in one persistent namespace;
+the monitor thread (monitor.MonitorServer) answers pings, relays interrupts and
+flushes output. An interrupt is a SIGINT sent to the main thread, whose handler
+raises KeyboardInterrupt only while user code runs, so a late interrupt can
+never break the framework's own loop.
+"""
+from __future__ import annotations
+
+import linecache
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from . import environment, logs, protocol, transport
+from .monitor import MonitorServer, pthread_interrupt
+from .output import OutputCapture, RemoteStream
+from .protocol import Tag
+
+log = logging.getLogger("mpi_kernel.server")
+_compile_cache: dict[tuple[str, str], Any] = {}
+
+
+class MPICommandServer:
+    """The one command server of a server rank (a singleton, as in the guide)."""
+
+    _instance: "MPICommandServer | None" = None
+
+    def __new__(cls) -> "MPICommandServer":
+        if cls._instance is None:
+            env = environment.current()
+            if env.is_client:
+                raise RuntimeError(
+                    f"MPICommandServer cannot be created on rank {env.rank}: it is the client rank "
+                    f"(the top rank, N-1). Servers are ranks {protocol.format_ranks(env.server_ranks)}.")
+            cls._instance = super().__new__(cls)
+            cls._instance._setup(env)
+        return cls._instance
+
+    def _setup(self, env: environment.MPIEnvironment) -> None:
+        self.env = env
+        self._filename = f"<server {env.rank}>"
+        self.namespace: dict[str, Any] = {
+            "__name__": "__mpi_server__", "__builtins__": __builtins__,
+            "comm": env.servers, "rank": env.rank, "size": env.servers.Get_size(),
+            "MPI": transport.MPI,
+        }
+        self._current: tuple[int, str, float] | None = None  # (id, command, start time)
+        self._lock = threading.Lock()
+        self._armed = False  # True only while user code runs: SIGINT may raise then
+        self._serving = False
+        self._main = threading.main_thread().ident
+        self.capture = OutputCapture(self._send_stream)
+        self.monitor = MonitorServer(self, self.capture.flush_if_old)
+
+    # -- messages to the client ----------------------------------------------------------
+    def send_event(self, kind: str, payload: Any) -> None:
+        transport.send(self.env.framework, (kind, payload), self.env.client_rank, Tag.EVENT)
+
+    def _send_stream(self, request_id: int | None, name: str, text: str) -> None:
+        self.send_event(protocol.STREAM, (request_id, name, text))
+
+    def status(self) -> dict[str, Any]:
+        current = self._current
+        busy = current is not None
+        return {"rank": self.env.rank, "host": self.env.host, "pid": os.getpid(), "busy": busy,
+                "command": current[1] if busy else None, "command_id": current[0] if busy else None,
+                "command_start_time": current[2] if busy else None}
+
+    def configure(self, config: dict) -> None:
+        """Apply the client's start-up settings (log level)."""
+        logs.install_forwarding(lambda record: self.send_event(protocol.LOG, record),
+                                config.get("log_level", logging.WARNING))
+
+    # -- the serve loop ------------------------------------------------------------------
+    def serve(self) -> None:
+        """Serve until the client says stop; then say STOPPED."""
+        logs.install_origin(self.env.origin)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        sys.stdout = RemoteStream("stdout", self.capture)
+        sys.stderr = RemoteStream("stderr", self.capture)
+        self._serving = True
+        self.monitor.start()
+        status = transport.MPI.Status()
+        backoff = transport.Backoff()
+        try:
+            while not self.monitor.stopping.is_set():
+                got, request = transport.try_receive(
+                    self.env.framework, self.env.client_rank, Tag.REQUEST, status)
+                if not got:
+                    backoff.wait()
+                    continue
+                self.handle(request)
+                backoff.reset()
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            self._serving = False
+            self.send_event(protocol.STOPPED, None)
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def handle(self, request: dict) -> None:
+        """Run one request and send its response (always exactly one)."""
+        runner = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
+                  protocol.PULL: self._pull}[request["kind"]]
+        response = runner(request)
+        try:
+            encoded = transport.encode(response)
+        except Exception as exc:  # the return value cannot travel back
+            response.update(ret=None, successful=False, traceback=(
+                f"{type(exc).__name__}: the result of command {request['id']} on server "
+                f"{self.env.rank} (a {type(response['ret']).__name__}) cannot be sent to the "
+                f"client: {exc}. Keep it on the server (assign it to a variable) or return a "
+                f"picklable value.\n"))
+            encoded = transport.encode(response)
+        transport.send_encoded(self.env.framework, encoded, self.env.client_rank, Tag.RESPONSE)
+
+    def _response(self, request: dict, **fields: Any) -> dict:
+        # parameters and command are known to the client: do not send them back
+        return protocol.make_response({**request, "command": None, "parameters": None},
+                                      self.env.rank, **fields)
+
+    def _run_command(self, request: dict) -> dict:
+        command, mode, params = request["command"], request["mode"], request["payload"] or {}
+        saved = {k: self.namespace[k] for k in params if k in self.namespace}
+        self.namespace.update(params)
+        start = time.time()
+        self._current = (request["id"], command, start)
+        self.capture.begin(request["id"])
+        ret, ok, tb = None, True, None
+        try:
+            ret = self._execute(command, mode)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
+            ok, tb = False, self._format_traceback(exc)
+        finally:
+            for key in params:
+                self.namespace.pop(key, None)
+            self.namespace.update(saved)
+            self._current = None
+        stdout, stderr = self.capture.end()
+        return self._response(request, ret=ret, successful=ok, traceback=tb,
+                              command_start_time=start, command_stop_time=time.time(),
+                              stdout=stdout, stderr=stderr)
+
+    def _execute(self, command: str, mode: str) -> Any:
+        code = _compile_cache.get((command, mode))
+        if code is None:
+            code = compile(command, self._filename, mode)
+            if len(_compile_cache) > 1024:
+                _compile_cache.clear()
+            _compile_cache[(command, mode)] = code
+        # so that tracebacks show the source line of the command
+        linecache.cache[self._filename] = (len(command), None, command.splitlines(True), self._filename)
+        self._armed = True
+        try:
+            return eval(code, self.namespace)
+        finally:
+            self._armed = False
+
+    def _format_traceback(self, exc: BaseException) -> str:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next  # hide the framework's own frames
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+
+    def _push(self, request: dict) -> dict:
+        self.namespace.update(request["payload"])
+        return self._response(request, successful=True)
+
+    def _pull(self, request: dict) -> dict:
+        names = request["payload"]
+        missing = [n for n in names if n not in self.namespace]
+        if missing:
+            return self._response(request, traceback=(
+                f"NameError: {', '.join(map(repr, missing))} not defined on server {self.env.rank}\n"))
+        return self._response(request, successful=True, ret=[self.namespace[n] for n in names])
+
+    # -- interrupts ----------------------------------------------------------------------
+    def interrupt(self, request_id: int | None) -> None:
+        """Called by the monitor thread: interrupt the running command (if it is `request_id`)."""
+        current = self._current
+        if current is not None and request_id in (None, current[0]):
+            pthread_interrupt(self._main)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        # One KeyboardInterrupt per command at most, and only inside user code.
+        if self._armed:
+            self._armed = False
+            raise KeyboardInterrupt

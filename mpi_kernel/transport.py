@@ -1,0 +1,147 @@
+"""Sending and receiving framework messages, and the waiting strategy.
+
+Measured on this machine (DESIGN.md): blocking MPI waits spin a core, and
+sleep-only polling costs >= 200 us per message. So every wait here is a hybrid:
+spin on a non-blocking probe with sched_yield for about 1 ms, then back off
+with sleeps from 50 us up to a cap. Because waits are Python loops, they can
+be interrupted and given timeouts.
+
+Messages are pickled with protocol 5. Large contiguous buffers (NumPy arrays)
+travel out of band as raw MPI messages tagged DATA right after their header,
+so a 100 MB array is not copied into a pickle.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import threading
+import time
+from typing import Any, Iterator
+
+from mpi4py import MPI
+
+from .protocol import Tag
+
+OOB_THRESHOLD = 64 * 1024  # buffers at least this large are sent out of band
+_COUNT = struct.Struct("<I")  # header prefix: number of out-of-band buffers
+_multipart_lock = threading.Lock()  # a header and its DATA parts must not interleave
+
+try:  # receiving into numpy.empty avoids zero-filling 100 MB before MPI overwrites it
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy is optional
+    _np = None
+
+
+class Backoff:
+    """Hybrid wait: yield-spin for `spin` seconds, then sleep from `start` up to `cap`."""
+
+    def __init__(self, spin: float = 1e-3, start: float = 50e-6, cap: float = 1e-3) -> None:
+        self.spin, self.start, self.cap = spin, start, cap
+        self.reset()
+
+    def reset(self) -> None:
+        self._spin_until = 0.0
+        self._delay = self.start
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        if not self._spin_until:
+            self._spin_until = now + self.spin
+        if now < self._spin_until:
+            os.sched_yield()
+            return
+        time.sleep(self._delay)
+        self._delay = min(self._delay * 2, self.cap)
+
+
+def encode(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle `obj`; return the header bytes and the out-of-band buffers.
+
+    Raises whatever pickle raises (e.g. TypeError for an unpicklable value), before
+    anything is sent, so the caller can report it and the stream stays consistent.
+    """
+    buffers: list[memoryview] = []
+
+    def keep_large(buf: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: leave it in the pickle
+            return True
+        if raw.nbytes < OOB_THRESHOLD:
+            return True
+        buffers.append(raw)
+        return False
+
+    data = pickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+    return _COUNT.pack(len(buffers)) + data, buffers
+
+
+def send_encoded(comm: MPI.Comm, encoded: tuple[bytes, list[memoryview]], dest: int, tag: int) -> None:
+    header, buffers = encoded
+    if not buffers:
+        comm.Send([header, MPI.BYTE], dest, tag)
+        return
+    with _multipart_lock:
+        comm.Send([header, MPI.BYTE], dest, tag)
+        for buf in buffers:
+            comm.Send([buf, MPI.BYTE], dest, Tag.DATA)
+
+
+def send(comm: MPI.Comm, obj: Any, dest: int, tag: int) -> None:
+    send_encoded(comm, encode(obj), dest, tag)
+
+
+def _empty(nbytes: int) -> Any:
+    return _np.empty(nbytes, dtype=_np.uint8) if _np is not None else bytearray(nbytes)
+
+
+def receive(comm: MPI.Comm, msg: MPI.Message, status: MPI.Status) -> Any:
+    """Receive a matched header message and its out-of-band parts; unpickle."""
+    header = bytearray(status.Get_count(MPI.BYTE))
+    source = status.Get_source()
+    msg.Recv([header, MPI.BYTE])
+    (count,) = _COUNT.unpack_from(header)
+    buffers = []
+    for _ in range(count):
+        part_status = MPI.Status()
+        part = comm.mprobe(source, Tag.DATA, part_status)  # sent right after the header
+        buf = _empty(part_status.Get_count(MPI.BYTE))
+        part.Recv([buf, MPI.BYTE])
+        buffers.append(buf)
+    return pickle.loads(memoryview(header)[_COUNT.size:], buffers=buffers)
+
+
+def try_receive(comm: MPI.Comm, source: int, tag: int, status: MPI.Status) -> tuple[bool, Any]:
+    """Receive one message if one is waiting: (True, obj) or (False, None)."""
+    msg = comm.improbe(source, tag, status)
+    if msg is None:
+        return False, None
+    return True, receive(comm, msg, status)
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold back KeyboardInterrupt in the main thread while framework state changes.
+
+    A KeyboardInterrupt between a header and its DATA parts, or between taking a
+    response and recording it, would lose or corrupt a message. A signal mask does
+    not help (CPython runs Python handlers in the main thread whichever thread the
+    signal hit), so the handler is swapped for one that only records the signal,
+    and the original runs as soon as the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    original = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, original)
+        if caught and callable(original):
+            original(signal.SIGINT, caught[0])
+        elif caught and original == signal.SIG_DFL:
+            raise KeyboardInterrupt
