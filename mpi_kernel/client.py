@@ -79,6 +79,7 @@ class MPICommandClient(Configurable):
         self._stopped: set[int] = set()
         self._service: threading.Thread | None = None
         self._halt = threading.Event()
+        self._waiters = 0  # threads inside _wait_until, pumping themselves
         self.stream_callback: StreamCallback | None = None
         self.observe(self._observe_monitor, names=["ping_interval", "server_timeout"])
         logs.install_origin(env.origin)
@@ -147,8 +148,9 @@ class MPICommandClient(Configurable):
         """
         mode = protocol.command_mode(command)
         parameters = protocol.check_parameters(parameters)
-        ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
-        return self.get_command_response(ids, block=True) if block else ids
+        with transport.DeferredSigint():
+            ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+            return self.get_command_response(ids, block=True) if block else ids
 
     def get_command_response(self, command_request_id_list: Iterable[int], block: bool = False,
                              verbose: bool = True, timeout: float | None = None) -> list[dict]:
@@ -162,7 +164,7 @@ class MPICommandClient(Configurable):
         if block:
             self._wait_for(ids, timeout)
         else:
-            with self._lock, transport.sigint_deferred():
+            with self._lock, transport.DeferredSigint():
                 self._pump()
         with self._lock:
             if verbose and not block:
@@ -244,7 +246,7 @@ class MPICommandClient(Configurable):
         """Validate, pickle and queue one request per target; send what can go now."""
         self._require_running()
         ranks = protocol.check_targets(target, self._servers)
-        with self._lock, transport.sigint_deferred():
+        with self._lock, transport.DeferredSigint():
             for rank in ranks or ():
                 if self._monitor.table[rank].timeout:
                     raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
@@ -386,22 +388,28 @@ class MPICommandClient(Configurable):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = transport.Backoff()
-        while True:
-            with self._lock, transport.sigint_deferred():
-                active = self._pump()
-                left = pending()
-            if not left or (deadline is not None and time.monotonic() > deadline):
-                return left
-            if active:
-                backoff.reset()
-            else:
-                backoff.wait()
+        with transport.DeferredSigint() as sigint:
+            self._waiters += 1  # keeps the service thread from competing for the lock
+            try:
+                while True:
+                    with self._lock:
+                        active = self._pump()
+                        left = pending()
+                    if not left or (deadline is not None and time.monotonic() > deadline):
+                        return left
+                    sigint.check()  # Ctrl-C surfaces here, with the state consistent
+                    if active:
+                        backoff.reset()
+                    else:
+                        backoff.wait()
+            finally:
+                self._waiters -= 1
 
     def _service_loop(self) -> None:
         backoff = transport.Backoff()
         while not self._halt.is_set():
             active = False
-            if self._lock.acquire(blocking=False):
+            if not self._waiters and self._lock.acquire(blocking=False):
                 try:
                     active = self._pump()
                 except Exception:
