@@ -297,11 +297,12 @@ class MPICommandClient(Configurable):
         Call with the lock held. Returns True if anything arrived.
         """
         got_any = False
-        while self._comm.Iprobe(transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG, self._status):
+        status = self._status
+        # Callers on the main thread hold a DeferredSigint, so a matched message is never lost.
+        while (msg := self._comm.improbe(transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG, status)):
             got_any = True
-            source, tag = self._status.Get_source(), self._status.Get_tag()
-            msg = self._comm.improbe(source, tag, self._status)
-            message = transport.receive(self._comm, msg, self._status)
+            source, tag = status.Get_source(), status.Get_tag()
+            message = transport.receive(self._comm, msg, status)
             if tag == Tag.RESPONSE:
                 self._on_response(source, message)
             elif tag == Tag.EVENT:
@@ -316,12 +317,12 @@ class MPICommandClient(Configurable):
             self._run_monitor(now)
         return got_any
 
-    def _on_response(self, server: int, response: dict) -> None:
-        request_id = response["id"]
+    def _on_response(self, server: int, reply: tuple) -> None:
+        request_id = reply[0]
         request = self._requests[request_id]
         if self._inflight[server] == request_id:
             self._inflight[server] = None
-        response.update(command=request["command"], parameters=request["parameters"], server=server)
+        response = protocol.response_from_reply(request, server, reply)
         request["status"] = protocol.RESPONSE_RECEIVED
         self._responses[request_id] = response
         if response["successful"]:

@@ -31,17 +31,21 @@ class OutputCapture:
 
     def begin(self, request_id: int) -> None:
         with self._lock:
-            self._flush_locked()
+            if self._pending:
+                self._flush_locked()
             self._request_id = request_id
-            self._kept = {"stdout": [], "stderr": []}
 
     def end(self) -> tuple[str, str]:
         """Flush what is pending and return the command's (stdout, stderr)."""
         with self._lock:
-            self._flush_locked()
-            kept, self._kept = self._kept, {"stdout": [], "stderr": []}
+            if self._pending:
+                self._flush_locked()
             self._request_id = None
-        return "".join(kept["stdout"]), "".join(kept["stderr"])
+            out, err = self._kept["stdout"], self._kept["stderr"]
+            if not (out or err):
+                return "", ""
+            self._kept = {"stdout": [], "stderr": []}
+        return "".join(out), "".join(err)
 
     def write(self, name: str, text: str) -> None:
         with self._lock:

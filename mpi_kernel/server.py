@@ -57,6 +57,8 @@ class MPICommandServer:
         self._serving = False
         self._main = threading.main_thread().ident
         self.capture = OutputCapture(self._send_stream)
+        self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
+                         protocol.PULL: self._pull}
         self.monitor = MonitorServer(self, self.capture.flush_if_old)
 
     # -- messages to the client ----------------------------------------------------------
@@ -106,48 +108,41 @@ class MPICommandServer:
     def is_serving(self) -> bool:
         return self._serving
 
-    def handle(self, request: dict) -> None:
-        """Run one request and send its response (always exactly one)."""
-        runner = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
-                  protocol.PULL: self._pull}[request["kind"]]
-        response = runner(request)
+    def handle(self, request: tuple) -> None:
+        """Run one request and send its reply (always exactly one)."""
+        kind, request_id, command, mode, payload = request
+        reply = self._runners[kind](request_id, command, mode, payload)
         try:
-            encoded = transport.encode(response)
+            encoded = transport.encode(reply)
         except Exception as exc:  # the return value cannot travel back
-            response.update(ret=None, successful=False, traceback=(
-                f"{type(exc).__name__}: the result of command {request['id']} on server "
-                f"{self.env.rank} (a {type(response['ret']).__name__}) cannot be sent to the "
-                f"client: {exc}. Keep it on the server (assign it to a variable) or return a "
-                f"picklable value.\n"))
-            encoded = transport.encode(response)
+            text = (f"{type(exc).__name__}: the result of command {request_id} on server "
+                    f"{self.env.rank} (a {type(reply[1]).__name__}) cannot be sent to the client: "
+                    f"{exc}. Keep it on the server (assign it to a variable) or return a picklable "
+                    f"value.\n")
+            encoded = transport.encode(protocol.make_reply(request_id, None, False, text, *reply[4:]))
         transport.send_encoded(self.env.framework, encoded, self.env.client_rank, Tag.RESPONSE)
 
-    def _response(self, request: dict, **fields: Any) -> dict:
-        # parameters and command are known to the client: do not send them back
-        return protocol.make_response({**request, "command": None, "parameters": None},
-                                      self.env.rank, **fields)
-
-    def _run_command(self, request: dict) -> dict:
-        command, mode, params = request["command"], request["mode"], request["payload"] or {}
-        saved = {k: self.namespace[k] for k in params if k in self.namespace}
-        self.namespace.update(params)
+    def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> tuple:
+        namespace = self.namespace
+        if params:
+            saved = {k: namespace[k] for k in params if k in namespace}
+            namespace.update(params)
         start = time.time()
-        self._current = (request["id"], command, start)
-        self.capture.begin(request["id"])
+        self._current = (request_id, command, start)
+        self.capture.begin(request_id)
         ret, ok, tb = None, True, None
         try:
             ret = self._execute(command, mode)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
             ok, tb = False, self._format_traceback(exc)
         finally:
-            for key in params:
-                self.namespace.pop(key, None)
-            self.namespace.update(saved)
+            if params:  # parameters live for one command only (guide 5.4)
+                for key in params:
+                    namespace.pop(key, None)
+                namespace.update(saved)
             self._current = None
         stdout, stderr = self.capture.end()
-        return self._response(request, ret=ret, successful=ok, traceback=tb,
-                              command_start_time=start, command_stop_time=time.time(),
-                              stdout=stdout, stderr=stderr)
+        return protocol.make_reply(request_id, ret, ok, tb, start, time.time(), stdout, stderr)
 
     def _execute(self, command: str, mode: str) -> Any:
         code = _compile_cache.get((command, mode))
@@ -170,17 +165,16 @@ class MPICommandServer:
             tb = tb.tb_next  # hide the framework's own frames
         return "".join(traceback.format_exception(type(exc), exc, tb))
 
-    def _push(self, request: dict) -> dict:
-        self.namespace.update(request["payload"])
-        return self._response(request, successful=True)
+    def _push(self, request_id: int, command: str, mode: str, variables: dict) -> tuple:
+        self.namespace.update(variables)
+        return protocol.make_reply(request_id, successful=True)
 
-    def _pull(self, request: dict) -> dict:
-        names = request["payload"]
+    def _pull(self, request_id: int, command: str, mode: str, names: list[str]) -> tuple:
         missing = [n for n in names if n not in self.namespace]
         if missing:
-            return self._response(request, traceback=(
+            return protocol.make_reply(request_id, traceback=(
                 f"NameError: {', '.join(map(repr, missing))} not defined on server {self.env.rank}\n"))
-        return self._response(request, successful=True, ret=[self.namespace[n] for n in names])
+        return protocol.make_reply(request_id, [self.namespace[n] for n in names], True)
 
     # -- interrupts ----------------------------------------------------------------------
     def interrupt(self, request_id: int | None) -> None:
