@@ -255,7 +255,11 @@ class MPICommandClient(Configurable):
             for rank in ranks or [None]:
                 request_id = next(self._ids)
                 message = protocol.make_request(kind, request_id, command, mode, payload)
-                encoded = transport.encode(message)  # raises here if a value cannot be pickled
+                try:
+                    encoded = transport.encode(message)
+                except Exception as exc:  # before anything is queued or sent
+                    raise TypeError(f"cannot send {command!r} to the servers: a value in it "
+                                    f"cannot be pickled ({type(exc).__name__}: {exc})") from exc
                 self._encoded[request_id] = encoded
                 self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
                                               "mode": mode, "parameters": parameters, "server": rank,
