@@ -411,7 +411,9 @@ class MPICommandClient(Configurable):
                 self._waiters -= 1
 
     def _service_loop(self) -> None:
-        backoff = transport.Backoff()
+        busy = transport.Backoff()
+        # With nothing in flight only pongs and logs arrive: a long cap keeps idle CPU low.
+        idle = transport.Backoff(spin=0.0, start=1e-3, cap=10e-3, idle_cap=10e-3)
         while not self._halt.is_set():
             active = False
             if not self._waiters and self._lock.acquire(blocking=False):
@@ -421,7 +423,9 @@ class MPICommandClient(Configurable):
                     log.exception("client service thread error")
                 finally:
                     self._lock.release()
+            backoff = busy if any(v is not None for v in self._inflight.values()) else idle
             if active:
-                backoff.reset()
+                busy.reset()
+                idle.reset()
             else:
                 backoff.wait()

@@ -75,9 +75,14 @@ def install_forwarding(send: Callable[[dict], None], level: int) -> None:
 
 
 def reemit(record: dict) -> None:
-    """Client side: hand a forwarded record to the local logging tree."""
+    """Client side: hand a forwarded record to the local logging tree.
+
+    Records of other loggers (user code's warnings) go through `mpi_kernel.remote`,
+    so the client's mpi_kernel handlers show them with their origin too.
+    """
     rec = logging.makeLogRecord(record)
-    logging.getLogger(rec.name).handle(rec)
+    name = rec.name if rec.name.startswith("mpi_kernel") else "mpi_kernel.remote"
+    logging.getLogger(name).handle(rec)
 
 
 def configure_console(level: int | str = logging.WARNING) -> None:

@@ -1,0 +1,89 @@
+"""Bad input gets a clear error and loses nothing (real 4-rank jobs)."""
+import json
+
+
+def last_json(out: str):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_bad_input_errors_keep_queued_work(job):
+    out = job(r"""
+        import json
+        c = MPICommandClient()
+        errors = {}
+        def attempt(name, f):
+            try:
+                f()
+                errors[name] = "no error"
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        attempt("before start", lambda: c.push_command_request("1", True))
+        c.start_services()
+        queued = c.push_command_request("__import__('time').sleep(0.3) or 'kept'", False, [0, 1, 2])
+        attempt("string target", lambda: c.push_command_request("1", True, "0"))
+        attempt("client rank", lambda: c.push_command_request("1", True, 3))
+        attempt("negative", lambda: c.push_command_request("1", True, [-1]))
+        attempt("empty list", lambda: c.push_command_request("1", True, []))
+        attempt("syntax", lambda: c.push_command_request("1 +* 2", True))
+        attempt("unknown id", lambda: c.get_command_response([9999], True))
+        attempt("bad parameters", lambda: c.push_command_request("a", True, 0, ["a"]))
+        attempt("unpicklable parameter", lambda: c.push_command_request("f", True, 0, {"f": lambda: 1}))
+        attempt("push not dict", lambda: c.push([1, 2]))
+        attempt("pull bad name", lambda: c.pull("1x"))
+        attempt("pull missing", lambda: c.pull("not_there", 1))
+        attempt("status bad rank", lambda: c.get_server_status(7))
+        attempt("timeout", lambda: c.get_command_response(
+            c.push_command_request("__import__('time').sleep(2)", False, 2), True, timeout=0.2))
+        kept = [r["ret"] for r in c.get_command_response(queued, True)]
+        after = [r["ret"] for r in c.push_command_request("1+1", True, [0, 1, 2])]
+        print(json.dumps([errors, kept, after]))
+    """)
+    errors, kept, after = last_json(out)
+    assert kept == ["kept"] * 3 and after == [2, 2, 2]
+    expected = {
+        "before start": "RuntimeError: the client services are not started: call start_services() first",
+        "string target": "TypeError: target_server must be None, an int or a list of ints, not str; "
+                         "valid server ranks are 0-2",
+        "client rank": "ValueError: 3 is not a server rank; valid server ranks are 0-2",
+        "negative": "ValueError: -1 is not a server rank; valid server ranks are 0-2",
+        "empty list": "ValueError: target_server is an empty list; valid server ranks are 0-2",
+        "push not dict": "TypeError: push() takes a dict of names to values, not list",
+        "pull bad name": "ValueError: pull: '1x' is not a valid Python variable name",
+        "status bad rank": "ValueError: 7 is not a server rank; valid server ranks are 0-2",
+    }
+    for name, text in expected.items():
+        assert errors[name] == text, (name, errors[name])
+    assert errors["syntax"].startswith("SyntaxError: invalid syntax")
+    assert errors["unknown id"].startswith("KeyError: 'unknown command request ids [9999]")
+    assert errors["bad parameters"].startswith("TypeError: parameters must be a dict")
+    assert errors["unpicklable parameter"].startswith("TypeError: cannot send 'f' to the servers")
+    assert "cannot be pickled" in errors["unpicklable parameter"]
+    assert errors["pull missing"].startswith("RuntimeError: <pull not_there> failed on server 1")
+    assert "NameError: 'not_there' not defined on server 1" in errors["pull missing"]
+    assert errors["timeout"].startswith("TimeoutError: no response within 0.2 s for command request ids")
+    assert "(server 2, request sent)" in errors["timeout"]
+
+
+def test_base_exceptions_and_unpicklable_results(job):
+    out = job(r"""
+        import json
+        c = MPICommandClient()
+        c.start_services()
+        res = {}
+        for name, cmd in [("exit", "raise SystemExit(4)"), ("kbd", "raise KeyboardInterrupt"),
+                          ("base", "raise BaseException('deep')"), ("gen", "(i for i in range(3))"),
+                          ("lock", "__import__('threading').Lock()")]:
+            r = c.push_command_request(cmd, True, 0)[0]
+            res[name] = [r["successful"], r["traceback"].strip().splitlines()[-1], r["ret"]]
+        res["alive"] = c.push_command_request("'still serving'", True, 0)[0]["ret"]
+        print(json.dumps(res))
+    """)
+    res = last_json(out)
+    assert res["exit"] == [False, "SystemExit: 4", None]
+    assert res["kbd"] == [False, "KeyboardInterrupt", None]
+    assert res["base"] == [False, "BaseException: deep", None]
+    assert res["gen"][0] is False and res["gen"][2] is None
+    assert res["gen"][1].startswith("TypeError: the result of command")
+    assert "(a generator) cannot be sent to the client" in res["gen"][1]
+    assert "(a lock) cannot be sent" in res["lock"][1]
+    assert res["alive"] == "still serving"
