@@ -2,6 +2,7 @@
 
     mpiexec -n N python -m mpi_kernel script.py [args]   run a script on the client
     mpiexec -n N python -m mpi_kernel -c CODE [args]     run code on the client
+    mpiexec -n N python -m mpi_kernel -m MODULE [args]   run a module on the client
     mpiexec -n N python -m mpi_kernel -f CONNECTION_FILE run the Jupyter kernel on the client
     python -m mpi_kernel install [...]                   write a kernelspec (no MPI needed)
 
@@ -23,12 +24,15 @@ def _run_client(argv: list[str]) -> int:
     from . import logs
     logs.configure_console(os.environ.get("MPI_KERNEL_LOG_LEVEL", "WARNING").upper())
     try:
+        if argv[0] in ("-c", "-m") and len(argv) < 2:
+            print(f"error: {argv[0]} needs an argument\n{USAGE}", file=sys.stderr)
+            return 2
         if argv[0] == "-c":
-            if len(argv) < 2:
-                print("error: -c needs CODE\n" + USAGE, file=sys.stderr)
-                return 2
             sys.argv = ["-c", *argv[2:]]
             exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        elif argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(argv)
             runpy.run_path(argv[0], run_name="__main__")
