@@ -80,7 +80,11 @@ class MPICommandClient(Configurable):
         self._service: threading.Thread | None = None
         self._halt = threading.Event()
         self._waiters = 0  # threads inside _wait_until, pumping themselves
+        self._stacks: dict[int, str] = {}
+        # Called as (server, request_id, stream_name, text) for live output.
         self.stream_callback: StreamCallback | None = None
+        # Called as (server, request_id, data, metadata, transient, update) for display data.
+        self.display_callback: Callable[..., None] | None = None
         self.observe(self._observe_monitor, names=["ping_interval", "server_timeout"])
         logs.install_origin(env.origin)
         atexit.register(self._at_exit)
@@ -193,6 +197,39 @@ class MPICommandClient(Configurable):
                 (server,) = protocol.check_targets(server, self._servers)
                 return self._monitor.table[server].as_dict()
             return {r: s.as_dict() for r, s in self._monitor.table.items()}
+
+    def execute_cell(self, source: str, targets: Any = None, want_value: bool = False) -> list[int]:
+        """Queue an IPython-style cell (the %%px magic's request); return the request ids.
+
+        Its response's `ret` is None or {"data": mime bundle, "metadata": ..., "value": ...}
+        for the last expression (value only with want_value); errors have IPython-style
+        tracebacks. Servers default to all of them.
+        """
+        if not isinstance(source, str):
+            raise TypeError(f"cell source must be a str, not {type(source).__name__}")
+        targets = self._servers if targets is None else targets
+        with transport.DeferredSigint():
+            return self._submit(protocol.CELL, source, protocol.CELL, None, {"value": want_value},
+                                targets)
+
+    def wait(self, ids: Iterable[int], timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
+        ids = self._check_ids(ids)
+        return not self._wait_until(lambda: [i for i in ids if i not in self._responses], timeout)
+
+    def servers(self) -> list[int]:
+        """The server ranks."""
+        return list(self._servers)
+
+    def stacks(self, ranks: list[int], timeout: float = 1.0) -> dict[int, str]:
+        """Where the given servers' running commands are now: {rank: formatted stack}."""
+        with self._lock:
+            for rank in ranks:
+                self._stacks.pop(rank, None)
+                transport.send(self._comm, (protocol.STACK, None), rank, Tag.CONTROL)
+        self._wait_until(lambda: [r for r in ranks if r not in self._stacks], timeout)
+        with self._lock:
+            return {r: self._stacks[r] for r in ranks if r in self._stacks}
 
     # -- variables ------------------------------------------------------------------------
     def push(self, variables: dict, targets: Any = None) -> None:
@@ -345,6 +382,14 @@ class MPICommandClient(Configurable):
                     self.stream_callback(server, request_id, name, text)
                 except Exception:
                     log.exception("stream callback failed")
+        elif kind == protocol.DISPLAY:
+            if self.display_callback is not None:
+                try:
+                    self.display_callback(server, *payload)
+                except Exception:
+                    log.exception("display callback failed")
+        elif kind == protocol.STACK:
+            self._stacks[server] = payload
         elif kind == protocol.LOG:
             logs.reemit(payload)
         elif kind in (protocol.PONG, protocol.HELLO):

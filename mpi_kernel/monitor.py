@@ -142,6 +142,8 @@ class MonitorServer:
             self.server.interrupt(arg)
         elif kind == protocol.STOP:
             self._stop(arg)
+        elif kind == protocol.STACK:
+            self.server.send_event(protocol.STACK, self.server.stack())
 
     def _stop(self, grace: float) -> None:
         """Ask the main thread to leave its loop (it then says STOPPED); enforce `grace`."""

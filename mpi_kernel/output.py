@@ -58,6 +58,11 @@ class OutputCapture:
             if self._pending_size >= FLUSH_SIZE:
                 self._flush_locked()
 
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._flush_locked()
+
     def flush_if_old(self) -> None:
         """Called by the monitor thread: send a batch that has waited FLUSH_AGE."""
         if self._pending and time.monotonic() - self._pending_since >= FLUSH_AGE:

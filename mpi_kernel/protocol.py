@@ -30,12 +30,14 @@ TIMEOUT = "timeout"
 # Server states reported by the monitor.
 IDLE, BUSY = "idle", "busy"
 
-# Request kinds. "command" is the guide's; push/pull move persistent variables.
-COMMAND, PUSH, PULL = "command", "push", "pull"
+# Request kinds. "command" is the guide's; push/pull move persistent variables;
+# "cell" runs IPython-style (the %%px magic): the last expression's value comes
+# back as a mime bundle, errors as IPython-style tracebacks.
+COMMAND, PUSH, PULL, CELL = "command", "push", "pull", "cell"
 
 # Control and event kinds.
-START, PING, INTERRUPT, STOP = "start", "ping", "interrupt", "stop"
-HELLO, PONG, STREAM, LOG, STOPPED = "hello", "pong", "stream", "log", "stopped"
+START, PING, INTERRUPT, STOP, STACK = "start", "ping", "interrupt", "stop", "stack"
+HELLO, PONG, STREAM, LOG, STOPPED, DISPLAY = "hello", "pong", "stream", "log", "stopped", "display"
 
 RESPONSE_KEYS = (
     "command", "id", "mode", "parameters", "ret", "server", "status",

@@ -16,15 +16,26 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from types import TracebackType
+from typing import Any, Callable
 
 from . import environment, logs, protocol, transport
 from .monitor import MonitorServer, pthread_interrupt
 from .output import OutputCapture, RemoteStream
 from .protocol import Tag
+from .rich import CellRunner
 
 log = logging.getLogger("mpi_kernel.server")
 _compile_cache: dict[tuple[str, str], Any] = {}
+CELL_FILENAME = "<px-cell>"  # the same on every rank, so identical errors merge
+
+
+def _user_frames(exc: BaseException) -> TracebackType | None:
+    """The traceback without the framework's own frames at its top."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in _FRAMEWORK_FILES:
+        tb = tb.tb_next
+    return tb
 
 
 class MPICommandServer:
@@ -58,7 +69,8 @@ class MPICommandServer:
         self._main = threading.main_thread().ident
         self.capture = OutputCapture(self._send_stream)
         self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
-                         protocol.PULL: self._pull}
+                         protocol.PULL: self._pull, protocol.CELL: self._run_cell}
+        self.cells = CellRunner(self.namespace, self._send_display, CELL_FILENAME)
         self.monitor = MonitorServer(self, self.capture.flush_if_old)
 
     # -- messages to the client ----------------------------------------------------------
@@ -67,6 +79,21 @@ class MPICommandServer:
 
     def _send_stream(self, request_id: int | None, name: str, text: str) -> None:
         self.send_event(protocol.STREAM, (request_id, name, text))
+
+    def _send_display(self, data: dict, metadata: dict, transient: dict | None, update: bool) -> None:
+        current = self._current
+        self.capture.flush()  # output printed before a display stays before it
+        self.send_event(protocol.DISPLAY, (current[0] if current else None, data, metadata,
+                                           transient, update))
+
+    def stack(self) -> str:
+        """The main thread's stack, user frames only (for a --timeout report)."""
+        frame = sys._current_frames().get(self._main)
+        if frame is None or self._current is None:
+            return ""
+        frames = traceback.extract_stack(frame)
+        starts = [i for i, f in enumerate(frames) if f.filename in (CELL_FILENAME, self._filename)]
+        return "".join(traceback.format_list(frames[starts[0]:] if starts else frames))
 
     def status(self) -> dict[str, Any]:
         current = self._current
@@ -123,6 +150,25 @@ class MPICommandServer:
         transport.send_encoded(self.env.framework, encoded, self.env.client_rank, Tag.RESPONSE)
 
     def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> tuple:
+        return self._run(request_id, command, params, lambda: self._execute(command, mode),
+                         self._format_traceback)
+
+    def _run_cell(self, request_id: int, source: str, mode: str, options: dict) -> tuple:
+        def execute() -> Any:
+            linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
+            body, last = self.cells.compile(source)
+            self._armed = True
+            try:
+                value = self.cells.run(body, last)
+            finally:
+                self._armed = False
+            return self.cells.result(value, options.get("value", False))
+        return self._run(request_id, source, None, execute,
+                         lambda exc: self.cells.traceback(exc, _user_frames(exc)))
+
+    def _run(self, request_id: int, command: str, params: dict | None, execute: Callable[[], Any],
+             format_error: Callable[[BaseException], str]) -> tuple:
+        """Run `execute` as request `request_id`, with parameters, capture and a reply."""
         namespace = self.namespace
         if params:
             saved = {k: namespace[k] for k in params if k in namespace}
@@ -132,9 +178,9 @@ class MPICommandServer:
         self.capture.begin(request_id)
         ret, ok, tb = None, True, None
         try:
-            ret = self._execute(command, mode)
+            ret = execute()
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
-            ok, tb = False, self._format_traceback(exc)
+            ok, tb = False, format_error(exc)
         finally:
             if params:  # parameters live for one command only (guide 5.4)
                 for key in params:
@@ -160,10 +206,7 @@ class MPICommandServer:
             self._armed = False
 
     def _format_traceback(self, exc: BaseException) -> str:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next  # hide the framework's own frames
-        return "".join(traceback.format_exception(type(exc), exc, tb))
+        return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc)))
 
     def _push(self, request_id: int, command: str, mode: str, variables: dict) -> tuple:
         self.namespace.update(variables)
@@ -188,3 +231,6 @@ class MPICommandServer:
         if self._armed:
             self._armed = False
             raise KeyboardInterrupt
+
+
+_FRAMEWORK_FILES = {__file__, sys.modules[CellRunner.__module__].__file__}
