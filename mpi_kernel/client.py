@@ -183,7 +183,8 @@ class MPICommandClient(Configurable):
     def get_command_request_list(self) -> dict[int, dict]:
         """All requests by id: command, mode, parameters, server, status."""
         with self._lock:
-            return {i: {k: v for k, v in r.items() if k != "kind"} for i, r in self._requests.items()}
+            return {i: {k: v for k, v in r.items() if k not in ("kind", "sent_at")}
+                    for i, r in self._requests.items()}
 
     def get_command_response_list(self) -> dict[int, dict]:
         """All responses received so far, by id."""
@@ -195,19 +196,32 @@ class MPICommandClient(Configurable):
         with self._lock:
             if server is not None:
                 (server,) = protocol.check_targets(server, self._servers)
-                return self._monitor.table[server].as_dict()
-            return {r: s.as_dict() for r, s in self._monitor.table.items()}
+                return self._status_of(server)
+            return {r: self._status_of(r) for r in self._servers}
+
+    def _status_of(self, rank: int) -> dict:
+        # Busy/idle comes from what the client has in flight (a server runs only what it
+        # was sent, and this is current, unlike the last pong); timeout from the monitor.
+        status = self._monitor.table[rank].as_dict()
+        request_id = self._inflight[rank]
+        request = self._requests.get(request_id) if request_id is not None else None
+        started = request.get("sent_at") if request else None
+        status.update(busy=request is not None, command=request["command"] if request else None,
+                      command_id=request_id, command_start_time=started,
+                      elapsed=time.time() - started if started else None)
+        if not status["timeout"]:
+            status["state"] = protocol.BUSY if request is not None else protocol.IDLE
+        return status
 
     def execute_cell(self, source: str, targets: Any = None, want_value: bool = False) -> list[int]:
         """Queue an IPython-style cell (the %%px magic's request); return the request ids.
 
         Its response's `ret` is None or {"data": mime bundle, "metadata": ..., "value": ...}
         for the last expression (value only with want_value); errors have IPython-style
-        tracebacks. Servers default to all of them.
+        tracebacks. `targets` as in push_command_request (None: the first idle server).
         """
         if not isinstance(source, str):
             raise TypeError(f"cell source must be a str, not {type(source).__name__}")
-        targets = self._servers if targets is None else targets
         with transport.DeferredSigint():
             return self._submit(protocol.CELL, source, protocol.CELL, None, {"value": want_value},
                                 targets)
@@ -300,7 +314,7 @@ class MPICommandClient(Configurable):
                 self._encoded[request_id] = encoded
                 self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
                                               "mode": mode, "parameters": parameters, "server": rank,
-                                              "status": protocol.HOLDING_QUEUE, "target": rank}
+                                              "status": protocol.HOLDING_QUEUE}
                 (self._any_queue if rank is None else self._queues[rank]).append(request_id)
                 ids.append(request_id)
             self._dispatch()
@@ -318,7 +332,7 @@ class MPICommandClient(Configurable):
             request = self._requests[request_id]
             transport.send_encoded(self._comm, self._encoded.pop(request_id), server, Tag.REQUEST)
             self._inflight[server] = request_id
-            request.update(server=server, status=protocol.REQUEST_SENT)
+            request.update(server=server, status=protocol.REQUEST_SENT, sent_at=time.time())
             log.debug("command request with id# %d sent to server n# %d", request_id, server)
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:

@@ -31,10 +31,16 @@ CELL_FILENAME = "<px-cell>"  # the same on every rank, so identical errors merge
 
 
 def _user_frames(exc: BaseException) -> TracebackType | None:
-    """The traceback without the framework's own frames at its top."""
+    """The traceback without the framework's own frames (the exec call at its top,
+    the SIGINT handler that raised an interrupt at its bottom)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename in _FRAMEWORK_FILES:
         tb = tb.tb_next
+    link = tb
+    while link is not None and link.tb_next is not None:
+        if link.tb_next.tb_frame.f_code.co_filename in _FRAMEWORK_FILES:
+            link.tb_next = None
+        link = link.tb_next
     return tb
 
 

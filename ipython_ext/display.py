@@ -1,0 +1,120 @@
+"""How the servers' results look in the notebook: labelled output, merged errors,
+Out[rank:n] results and the progress line. (The live monitor is in monitor.py.)"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from IPython.display import display
+
+from mpi_kernel.protocol import format_ranks
+
+RED, GREEN, CYAN, RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[39m"
+
+
+def label_lines(text: str, name: str, rank: int) -> str:
+    """Prefix each line with [stdout:0] (or [stderr:0])."""
+    lines = text.splitlines(keepends=True)
+    return "".join(f"[{name}:{rank}] {line}" for line in lines)
+
+
+def print_stream(rank: int, name: str, text: str) -> None:
+    stream = sys.stderr if name == "stderr" else sys.stdout
+    stream.write(label_lines(text, name, rank))
+    stream.flush()
+
+
+def show_display(rank: int, data: dict, metadata: dict) -> None:
+    display(data, metadata=metadata, raw=True)
+
+
+def show_result(rank: int, count: int | None, ret: dict) -> None:
+    """Out[rank:count] for one server's last-expression value."""
+    data = ret["data"]
+    label = f"{RED}Out[{rank}:{count}]:{RESET} "
+    if set(data) == {"text/plain"}:
+        text = data["text/plain"]
+        sys.stdout.write(label + ("\n" if "\n" in text else "") + text + "\n")
+        sys.stdout.flush()
+    else:
+        sys.stdout.write(label + "\n")
+        sys.stdout.flush()
+        display(data, metadata=ret.get("metadata") or {}, raw=True)
+
+
+def merge_errors(failed: list[dict]) -> list[tuple[list[int], str]]:
+    """Group identical tracebacks: [(ranks, traceback)], in rank order."""
+    groups: dict[str, list[int]] = {}
+    for response in sorted(failed, key=lambda r: r["server"]):
+        groups.setdefault(response["traceback"] or "", []).append(response["server"])
+    return [(ranks, tb) for tb, ranks in groups.items()]
+
+
+def error_name(traceback_text: str) -> str:
+    """The exception's name, from the last line of a (possibly colored) traceback."""
+    import re
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", traceback_text).strip()
+    last = plain.splitlines()[-1] if plain else "Error"
+    return last.split(":", 1)[0].strip() or "Error"
+
+
+class RemoteError(Exception):
+    """Raised by %%px when commands failed; IPython shows the merged per-rank tracebacks."""
+
+    def __init__(self, failed: list[dict], note: str = "") -> None:
+        self.groups = merge_errors(failed)
+        self.note = note
+        summary = "; ".join(f"{error_name(tb)} on {_ranks_word(ranks)}" for ranks, tb in self.groups)
+        super().__init__(summary + (f". {note}" if note else ""))
+
+    def _render_traceback_(self) -> list[str]:
+        lines: list[str] = []
+        for ranks, tb in self.groups:
+            lines.append(f"{CYAN}[{error_name(tb)} on {_ranks_word(ranks)}]{RESET}")
+            lines.extend(tb.rstrip("\n").splitlines())
+            lines.append("")
+        if self.note:
+            lines.append(self.note)
+        return lines
+
+
+class PxTimeout(RemoteError):
+    """Raised by %%px --timeout when servers were still busy."""
+
+
+def _ranks_word(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {format_ranks(ranks)}"
+
+
+class ProgressLine:
+    """A line in the cell, updated in place, shown only once a cell has run for `after` s."""
+
+    def __init__(self, total: int, after: float = 1.0, hint: str = "") -> None:
+        self.total, self.after, self.hint = total, after, hint
+        self.start = time.monotonic()
+        self._handle: Any = None
+        self._last = 0.0
+
+    def update(self, waiting: list[int]) -> None:
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed < self.after or now - self._last < 0.25:
+            return
+        self._last = now
+        done = self.total - len(waiting)
+        text = f"[px] {done}/{self.total} ranks done, {elapsed:.1f} s elapsed"
+        if waiting:
+            text += f"; waiting for {_ranks_word(waiting)}"
+        if self.hint and elapsed > 5:
+            text += f" ({self.hint})"
+        bundle = {"text/plain": text}
+        if self._handle is None:
+            self._handle = display(bundle, raw=True, display_id=True)
+        else:
+            self._handle.update(bundle, raw=True)
+
+    def close(self) -> None:
+        """Replace the line by nothing: the results follow it."""
+        if self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)

@@ -1,0 +1,326 @@
+"""The parallel magics: %%px, %px, %autopx, %pxresult, %mpi_push, %mpi_pull,
+%mpi_status, %mpi_monitor. They talk to the servers through MPICommandClient."""
+from __future__ import annotations
+
+import ast
+import collections
+import re
+import shlex
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from mpi_kernel.client import MPICommandClient
+from mpi_kernel.protocol import format_ranks
+
+from . import display as show
+from .monitor import MonitorUpdater, show_monitor
+from .targets import parse_targets
+
+COLLECTIVE_HINT = ("these ranks may wait in a COMM_WORLD collective that the client does not join: "
+                   "use `comm` (the servers' communicator) or `%%px --local`")
+_VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
+
+
+@magics_class
+class MPIMagics(Magics):
+    def __init__(self, shell: Any, client: MPICommandClient) -> None:
+        super().__init__(shell)
+        self.client = client
+        self.events: collections.deque = collections.deque()   # filled by the pumping thread
+        self.deferred: dict[int, list] = {}                     # displays of --noblock requests
+        self.pending: dict[str, tuple[list[int], bool]] = {}    # %pxresult NAME -> (ids, want value)
+        self.autopx = False
+        self.monitor = MonitorUpdater(client.get_server_status)
+        client.stream_callback = lambda *event: self.events.append(("stream", *event))
+        client.display_callback = lambda *event: self.events.append(("display", *event))
+
+    # -- %%px --------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--targets", "-t", default="all", help="servers: all, any, 0, 0,2, 1-3 (default all)")
+    @argument("--noblock", action="store_true", help="return at once; get results with %%pxresult")
+    @argument("--local", action="store_true", help="also run the cell on the client, at the same time")
+    @argument("--timeout", type=float, default=None, help="seconds before the servers are interrupted")
+    @argument("--group-outputs", choices=["order", "rank"], default="order",
+              help="order: output live as it comes; rank: each rank's output together at the end")
+    @argument("--out", default=None, help="store {rank: value of the last expression} in this variable")
+    @argument("statement", nargs="*", help="with %%px: the statement to run")
+    @line_cell_magic
+    def px(self, line: str, cell: str | None = None) -> None:
+        """Run code on the MPI servers: %px STATEMENT or a %%px cell."""
+        if cell is None:
+            options, statement = _split_line(line)
+            args = self._parse(self.px, options)
+            source = statement
+        else:
+            args = self._parse(self.px, line)
+            if args.statement:
+                raise UsageError(f"%%px takes options only, not {' '.join(args.statement)!r}; "
+                                 "put the code in the cell body")
+            source = cell
+        if not source.strip():
+            raise UsageError("%px needs code to run, e.g. %px print(rank)")
+        self._run_px(source, args)
+
+    def _parse(self, magic: Any, line: str) -> Any:
+        args = parse_argstring(magic, line)
+        if getattr(args, "timeout", None) is not None and args.timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+        if getattr(args, "out", None) is not None and not args.out.isidentifier():
+            raise UsageError(f"--out takes a variable name, not {args.out!r}")
+        return args
+
+    def _targets(self, spec: str) -> list[int] | None:
+        try:
+            return parse_targets(spec, self.client.servers())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _run_px(self, source: str, args: Any) -> None:
+        targets = self._targets(args.targets)
+        if args.noblock and args.local:
+            raise UsageError("--noblock and --local cannot be combined")
+        if targets is not None:
+            for rank in targets:
+                if self.client.get_server_status(rank)["state"] == "timeout":
+                    raise UsageError(f"server {rank} is in timeout; choose other --targets")
+        ids = self.client.execute_cell(source, targets, want_value=args.out is not None)
+        if args.noblock:
+            name = args.out or "_"
+            self.pending[name] = (ids, args.out is not None)
+            print(f"[px] running as request{'s' if len(ids) > 1 else ''} {format_ranks(ids)}; "
+                  f"%pxresult{'' if name == '_' else ' ' + name} shows the results")
+            return
+        if args.local:
+            self.shell.run_cell(source, store_history=False)
+        hint = COLLECTIVE_HINT if "COMM_WORLD" in source and not args.local else ""
+        self._wait(ids, args.timeout, args.group_outputs == "order", hint)
+        self._finish(ids, args.group_outputs, args.out)
+
+    def _wait(self, ids: list[int], timeout: float | None, live: bool, hint: str) -> None:
+        """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
+        progress = show.ProgressLine(len(ids), hint=hint)
+        try:
+            while not self.client.wait(ids, timeout=0.1):
+                self._drain(ids, live)
+                waiting = self._waiting(ids)
+                progress.update(waiting)
+                if timeout is not None and time.monotonic() - progress.start > timeout:
+                    self._expire(ids, waiting, timeout, hint)
+        except KeyboardInterrupt:
+            # The kernel's interrupt already reached the servers; make sure, then collect.
+            self.client.interrupt(self._waiting(ids))
+            self.client.wait(ids, timeout=5)
+        finally:
+            self._drain(ids, live)
+            progress.close()
+
+    def _waiting(self, ids: list[int]) -> list[int]:
+        done = {r["id"] for r in self.client.get_command_response(ids, False, False)}
+        requests = self.client.get_command_request_list()
+        return sorted(requests[i]["server"] for i in ids if i not in done and requests[i]["server"] is not None)
+
+    def _expire(self, ids: list[int], waiting: list[int], timeout: float, hint: str) -> None:
+        stacks = self.client.stacks(waiting)
+        status = self.client.get_server_status()
+        self.client.interrupt(waiting)
+        self.client.wait(ids, timeout=3)
+        self._drain(ids, True)
+        lines = [f"%%px --timeout {timeout:g} s expired; still busy: ranks {format_ranks(waiting)}"]
+        for rank in waiting:
+            command = (status[rank].get("command") or "").strip().splitlines()
+            lines.append(f"rank {rank} was running: {command[0] if command else '?'}"
+                         + (f" ...\n{stacks[rank].rstrip()}" if stacks.get(rank) else ""))
+        if hint:
+            lines.append(f"Hint: {hint}.")
+        lines.append("The servers were interrupted.")
+        failed = [r for r in self.client.get_command_response(ids, False, False) if not r["successful"]]
+        raise show.PxTimeout(failed, "\n".join(lines)) if failed else UsageError("\n".join(lines))
+
+    def _drain(self, ids: list[int], live: bool) -> None:
+        """Show the output events of `ids`; keep displays of other requests for later."""
+        while self.events:
+            kind, server, request_id, *rest = self.events.popleft()
+            if request_id not in ids:
+                if kind == "display" and request_id is not None:
+                    self.deferred.setdefault(request_id, []).append((server, *rest))
+                continue
+            if kind == "stream":
+                if live:
+                    show.print_stream(server, *rest)
+            else:
+                show.show_display(server, rest[0], rest[1])
+
+    def _finish(self, ids: list[int], group: str, out: str | None) -> None:
+        """Show results (and grouped output); store --out; raise if any rank failed."""
+        responses = self.client.get_command_response(ids, False, False)
+        for request_id in ids:
+            for server, data, metadata, *_ in self.deferred.pop(request_id, []):
+                show.show_display(server, data, metadata)
+        if group == "rank":
+            for r in sorted(responses, key=lambda r: r["server"]):
+                for name in ("stdout", "stderr"):
+                    if r[name]:
+                        show.print_stream(r["server"], name, r[name])
+        count = self.shell.execution_count
+        for r in sorted(responses, key=lambda r: r["server"]):
+            if r["successful"] and r["ret"] is not None:
+                show.show_result(r["server"], count, r["ret"])
+        if out is not None:
+            self.shell.user_ns[out] = {r["server"]: (r["ret"] or {}).get("value")
+                                       for r in responses if r["successful"]}
+        failed = [r for r in responses if not r["successful"]]
+        if failed:
+            raise show.RemoteError(failed)
+
+    # -- %pxresult, %autopx ---------------------------------------------------------------
+    @line_magic
+    def pxresult(self, line: str) -> None:
+        """%pxresult [NAME]: wait for and show the results of a %%px --noblock cell."""
+        name = line.strip() or "_"
+        if name not in self.pending:
+            known = ", ".join(sorted(n for n in self.pending if n != "_")) or "none"
+            raise UsageError(f"no pending %%px --noblock results named {name!r} (named ones: {known})")
+        ids, want_value = self.pending[name]
+        self._wait(ids, None, True, "")
+        del self.pending[name]
+        self._finish(ids, "rank", name if want_value else None)
+
+    @line_magic
+    def autopx(self, line: str) -> None:
+        """%autopx: toggle running every following cell on the servers."""
+        transforms = self.shell.input_transformers_cleanup
+        self.autopx = not self.autopx
+        if self.autopx:
+            transforms.append(_autopx_transform)
+            print("%autopx enabled: cells run on all servers (run %autopx again to stop)")
+        else:
+            while _autopx_transform in transforms:
+                transforms.remove(_autopx_transform)
+            print("%autopx disabled")
+
+    # -- variables -----------------------------------------------------------------------
+    @magic_arguments()
+    @argument("names", nargs="*", help="client variables to push")
+    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @line_cell_magic
+    def mpi_push(self, line: str, cell: str | None = None) -> None:
+        """%mpi_push a b: push client variables to servers. %%mpi_push: run the cell here, push what it assigns."""
+        args = parse_argstring(self.mpi_push, line)
+        targets = self._targets(args.targets)
+        if targets is None:
+            raise UsageError("%mpi_push needs definite targets (all or ranks), not 'any'")
+        if cell is None:
+            if not args.names:
+                raise UsageError("%mpi_push needs variable names, e.g. %mpi_push a b")
+            names = args.names
+        else:
+            if args.names:
+                raise UsageError("%%mpi_push takes no names: it pushes what the cell assigns")
+            result = self.shell.run_cell(cell, store_history=False)
+            if not result.success:
+                return
+            names = assigned_names(cell)
+        missing = [n for n in names if n not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"not defined on the client: {', '.join(missing)}")
+        try:
+            self.client.push({n: self.shell.user_ns[n] for n in names}, targets)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        print(f"pushed {', '.join(names)} to ranks {format_ranks(targets)}")
+
+    @magic_arguments()
+    @argument("names", nargs="+", help="server variables to pull")
+    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @line_magic
+    def mpi_pull(self, line: str) -> dict:
+        """%mpi_pull NAME [NAME ...]: {rank: value} (a list of values per rank for several names)."""
+        args = parse_argstring(self.mpi_pull, line)
+        targets = self._targets(args.targets)
+        if targets is None:
+            raise UsageError("%mpi_pull needs definite targets (all or ranks), not 'any'")
+        try:
+            return self.client.pull(args.names[0] if len(args.names) == 1 else args.names, targets)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- status ---------------------------------------------------------------------------
+    @line_magic
+    def mpi_status(self, line: str) -> None:
+        """%mpi_status: a table of the servers: rank, host, pid, state, command, elapsed."""
+        if line.strip():
+            raise UsageError("%mpi_status takes no arguments")
+        print(status_table(self.client.get_server_status()))
+
+    @line_magic
+    def mpi_monitor(self, line: str) -> None:
+        """%mpi_monitor: a live view of each server's state (idle, busy, timeout)."""
+        if line.strip():
+            raise UsageError("%mpi_monitor takes no arguments")
+        show_monitor(self.monitor, getattr(self.shell, "kernel", None))
+
+
+def status_table(status: dict[int, dict]) -> str:
+    rows = [("rank", "host", "pid", "state", "command", "elapsed")]
+    for rank, s in sorted(status.items()):
+        command = (s.get("command") or "").strip().splitlines()
+        elapsed = s.get("elapsed")
+        rows.append((str(rank), s.get("host") or "", str(s.get("pid") or ""), s["state"],
+                     (command[0][:40] + (" ..." if len(command) > 1 else "")) if command else "",
+                     f"{elapsed:.1f} s" if elapsed is not None else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def assigned_names(source: str) -> list[str]:
+    """Names a cell binds at its top level (assignments, defs, imports, for/with targets)."""
+    names: list[str] = []
+
+    def add(name: str) -> None:
+        if name not in names:
+            names.append(name)
+
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            add(node.name)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                add((alias.asname or alias.name).split(".")[0])
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                break
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                add(sub.id)
+    return names
+
+
+def _split_line(line: str) -> tuple[str, str]:
+    """Split `%px [options] STATEMENT` into the options and the statement (kept verbatim)."""
+    rest = line.lstrip()
+    options: list[str] = []
+    while rest.startswith("-"):
+        match = re.match(r"(\S+)\s*", rest)
+        assert match is not None
+        flag = match.group(1)
+        rest = rest[match.end():]
+        options.append(flag)
+        if flag in _VALUE_OPTIONS:
+            value = re.match(r"(\S+)\s*", rest)
+            if value is None:
+                raise UsageError(f"{flag} needs a value")
+            options.append(value.group(1))
+            rest = rest[value.end():]
+    return " ".join(shlex.quote(o) for o in options), rest
+
+
+def _autopx_transform(lines: list[str]) -> list[str]:
+    """Input transformer for %autopx: prefix cells with %%px, except the toggle itself."""
+    if lines and (lines[0].lstrip().startswith(("%autopx", "%%px", "%px"))):
+        return lines
+    return ["%%px\n", *lines]

@@ -1,0 +1,1 @@
+"""Kernelspec template and logos (installed as the package data `mpi_kernel.spec_template`)."""

@@ -1,0 +1,55 @@
+"""MPIKernel: an IPython kernel on the client rank, with the servers behind it.
+
+Thin on purpose: cells run in the client's namespace as in any IPython kernel;
+the ipython_ext magics send work to the servers through the MPICommandClient.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.kernelapp import IPKernelApp
+
+from . import __version__
+from .client import MPICommandClient
+
+log = logging.getLogger("mpi_kernel.kernel")
+
+
+class MPIKernel(IPythonKernel):
+    implementation = "mpi_kernel"
+    implementation_version = __version__
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mpi = MPICommandClient()
+        self.shell.extension_manager.load_extension("ipython_ext")
+
+    @property
+    def banner(self) -> str:
+        last = self.mpi.servers()[-1]
+        return (f"{super().banner}\nmpi-kernel {__version__}: this kernel is the MPI client "
+                f"(rank {last + 1}); servers are ranks 0-{last}. Try %%px, %mpi_status, %mpi_monitor.")
+
+    def _send_interrupt_children(self) -> None:
+        # Jupyter's interrupt button (interrupt_mode "message"): stop the servers' running
+        # commands over MPI, then interrupt this process's cell as ipykernel does.
+        try:
+            self.mpi.interrupt()
+        except Exception:
+            log.exception("could not relay the interrupt to the servers")
+        super()._send_interrupt_children()
+
+    async def do_shutdown(self, restart: bool) -> dict:
+        self.mpi.stop_services()
+        return super().do_shutdown(restart)
+
+
+def main(argv: list[str]) -> int:
+    """Start the servers' services, then run the kernel until Jupyter shuts it down."""
+    MPICommandClient().start_services()
+    app = IPKernelApp.instance(kernel_class=MPIKernel)
+    app.initialize(argv)
+    app.start()
+    return 0

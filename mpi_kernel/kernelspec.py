@@ -1,0 +1,115 @@
+"""Write and install the MPI kernelspec: `python -m mpi_kernel install [...]`.
+
+A chain of small functions, as in ipykernel: make the argv, make the kernel dict,
+write the folder, install it with jupyter_client. No MPI is started here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+
+DEFAULT_NAME = "mpi"
+DEFAULT_RANKS = 4
+
+
+def default_mpiexec() -> str:
+    """The mpiexec of this environment (the one that matches mpi4py), else the one on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    return shutil.which("mpiexec") or "mpiexec"
+
+
+def make_argv(ranks: int, mpiexec: str, mpiexec_args: list[str], python: str) -> list[str]:
+    return [mpiexec, *mpiexec_args, "-n", str(ranks), python, "-m", "mpi_kernel", "-f",
+            "{connection_file}"]
+
+
+def make_kernel_dict(ranks: int = DEFAULT_RANKS, mpiexec: str | None = None,
+                     mpiexec_args: list[str] | None = None, display_name: str | None = None,
+                     env: dict[str, str] | None = None, python: str | None = None) -> dict:
+    """kernel.json's content, from the template in kernelspec/."""
+    template = json.loads(resources.files("mpi_kernel.spec_template").joinpath("kernel.json").read_text())
+    template["argv"] = make_argv(ranks, mpiexec or default_mpiexec(), mpiexec_args or [],
+                                 python or sys.executable)
+    template["display_name"] = display_name or template["display_name"].replace("{ranks}", str(ranks))
+    template["env"] = dict(env or {})
+    return template
+
+
+def write_kernel_spec(path: Path, kernel: dict) -> Path:
+    """Write kernel.json and the logos into `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "kernel.json").write_text(json.dumps(kernel, indent=2) + "\n")
+    for logo in ("logo-32x32.png", "logo-64x64.png"):
+        (path / logo).write_bytes(resources.files("mpi_kernel.spec_template").joinpath(logo).read_bytes())
+    return path
+
+
+def install(name: str = DEFAULT_NAME, user: bool = False, prefix: str | None = None,
+            **kernel_options: object) -> str:
+    """Install the kernelspec; return the folder it went to."""
+    if not re.fullmatch(r"[a-zA-Z0-9._-]+", name):
+        raise ValueError(f"kernel name {name!r} may only hold letters, digits, '.', '_' and '-'")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = write_kernel_spec(Path(tmp) / name, make_kernel_dict(**kernel_options))  # type: ignore[arg-type]
+        return KernelSpecManager().install_kernel_spec(str(source), name, user=user, prefix=prefix)
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _ranks(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ranks takes a whole number, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"--ranks must be at least 2 (1 client + 1 server), got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpi_kernel install",
+                                     description="Install the MPI kernelspec for Jupyter.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_true", help=f"install into {sys.prefix}")
+    where.add_argument("--prefix", help="install under this prefix (share/jupyter/kernels)")
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"kernelspec name (default {DEFAULT_NAME})")
+    parser.add_argument("--display-name", help="name shown in Jupyter (default shows the rank count)")
+    parser.add_argument("--ranks", type=_ranks, default=DEFAULT_RANKS,
+                        help=f"MPI processes: 1 client + N-1 servers (default {DEFAULT_RANKS})")
+    parser.add_argument("--mpiexec", default=None,
+                        help="launcher, e.g. srun (default: the mpiexec of this environment)")
+    parser.add_argument("--mpiexec-args", default="",
+                        help='extra launcher arguments, e.g. "-f hostfile"')
+    parser.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="environment variable for the kernel (repeatable)")
+    args = parser.parse_args(argv)
+    mpiexec = args.mpiexec or default_mpiexec()
+    if os.sep in mpiexec and not os.access(mpiexec, os.X_OK):
+        parser.error(f"--mpiexec {mpiexec} is not an executable file")
+    if os.sep not in mpiexec and shutil.which(mpiexec) is None:
+        print(f"warning: {mpiexec} is not on PATH here; the kernel will fail to start unless it "
+              f"is on the PATH Jupyter runs with", file=sys.stderr)
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = install(args.name, user=args.user, prefix=prefix, ranks=args.ranks, mpiexec=mpiexec,
+                   mpiexec_args=shlex.split(args.mpiexec_args), display_name=args.display_name,
+                   env=dict(args.env))
+    print(f"Installed kernelspec {args.name} in {path}")
+    return 0
