@@ -7,6 +7,7 @@ import collections
 import re
 import shlex
 import time
+import types
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -224,13 +225,23 @@ class MPIMagics(Magics):
             if not result.success:
                 return
             names = assigned_names(cell)
-        missing = [n for n in names if n not in self.shell.user_ns]
+        user_ns = self.shell.user_ns
+        missing = [n for n in names if n not in user_ns]
         if missing:
             raise UsageError(f"not defined on the client: {', '.join(missing)}")
+        # Modules cannot be pickled: the servers import them instead.
+        modules = {n: user_ns[n].__name__ for n in names if isinstance(user_ns[n], types.ModuleType)}
         try:
-            self.client.push({n: self.shell.user_ns[n] for n in names}, targets)
+            self.client.push({n: user_ns[n] for n in names if n not in modules}, targets)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        if modules:
+            imports = "import importlib\n" + "".join(
+                f"{n} = importlib.import_module({m!r})\n" for n, m in modules.items())
+            failed = [r for r in self.client.push_command_request(imports, True, targets)
+                      if not r["successful"]]
+            if failed:
+                raise show.RemoteError(failed)
         print(f"pushed {', '.join(names)} to ranks {format_ranks(targets)}")
 
     @magic_arguments()

@@ -250,6 +250,8 @@ class MPICommandClient(Configurable):
         """Set variables in the servers' namespaces (default: all servers); they persist."""
         if not isinstance(variables, dict):
             raise TypeError(f"push() takes a dict of names to values, not {type(variables).__name__}")
+        if not variables:
+            return
         names = protocol.check_names(list(variables), "push")
         self._run_internal(protocol.PUSH, f"<push {', '.join(names)}>", variables, targets)
 

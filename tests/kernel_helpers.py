@@ -1,0 +1,84 @@
+"""Start the real MPI kernel, installed into a temporary prefix, through jupyter_client."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+KERNEL_NAME = "mpi-test"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def install_kernelspec(prefix: Path, ranks: int = 4, name: str = KERNEL_NAME) -> Path:
+    """Install with the real CLI and make Jupyter find it (JUPYTER_PATH)."""
+    subprocess.run([sys.executable, "-m", "mpi_kernel", "install", "--prefix", str(prefix),
+                    "--name", name, "--ranks", str(ranks)], check=True, capture_output=True, timeout=60)
+    share = prefix / "share" / "jupyter"
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        [str(share), *[p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]])
+    return share / "kernels" / name
+
+
+def start_kernel(name: str = KERNEL_NAME) -> tuple[KernelManager, Any]:
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc
+
+
+def run(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict]]:
+    """Execute `code`; return the reply status and the iopub messages (type + content)."""
+    outputs: list[dict] = []
+
+    def hook(msg: dict) -> None:
+        if msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+            outputs.append({"type": msg["msg_type"], **msg["content"]})
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return reply["content"]["status"], outputs
+
+
+def text_of(outputs: list[dict], name: str = "stdout") -> str:
+    return ANSI.sub("", "".join(o["text"] for o in outputs if o["type"] == "stream" and o["name"] == name))
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines()[1:]:
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def alive(pids: list[int]) -> list[int]:
+    left = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    left.append(pid)
+        except FileNotFoundError:
+            pass
+    return left
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive(pids)

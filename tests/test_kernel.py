@@ -1,0 +1,189 @@
+"""The MPI kernel driven through jupyter_client: magics, output, errors, interrupts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kernel_helpers import ANSI, install_kernelspec, run, start_kernel, text_of
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    install_kernelspec(tmp_path_factory.mktemp("prefix"))
+    km, kc = start_kernel()
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+
+
+@pytest.fixture
+def kc(kernel):
+    return kernel[1]
+
+
+def test_local_cells_and_extension_loaded(kc):
+    status, out = run(kc, "1+1")
+    assert status == "ok" and out[-1]["data"]["text/plain"] == "2"
+    status, out = run(kc, "from mpi4py import MPI\nMPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()")
+    assert out[-1]["data"]["text/plain"] == "(3, 4)"   # the kernel is the top rank
+
+
+def test_px_streams_and_results_per_rank(kc):
+    status, out = run(kc, "%%px\nprint('hello', rank)\nrank * 10")
+    assert status == "ok"
+    text = text_of(out)
+    for r in range(3):
+        assert f"[stdout:{r}] hello {r}\n" in text
+        assert f"Out[{r}:" in text and f"]: {r * 10}\n" in text
+
+
+def test_px_live_output_arrives_before_the_cell_ends(kc):
+    msg_id = kc.execute("%%px --targets 0\nimport time\nprint('early', flush=True)\ntime.sleep(1.5)\nprint('late')")
+    t0 = time.monotonic()
+    seen_early = None
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream" and "early" in msg["content"]["text"]:
+            seen_early = time.monotonic() - t0
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert seen_early is not None and seen_early < 1.2
+
+
+def test_px_rich_output_html_and_matplotlib(kc):
+    status, out = run(kc, "%%px --targets 0,2\nfrom IPython.display import HTML\n"
+                          "display(HTML(f'<b>rank {rank}</b>'))\n"
+                          "import matplotlib.pyplot as plt\nplt.plot([0, rank])\nplt.show()")
+    assert status == "ok"
+    html = [o["data"]["text/html"] for o in out if o["type"] == "display_data" and "text/html" in o["data"]]
+    assert html == ["<b>rank 0</b>", "<b>rank 2</b>"]
+    pngs = [o for o in out if o["type"] == "display_data" and "image/png" in o["data"]]
+    assert len(pngs) == 2
+
+
+def test_px_errors_are_merged_by_rank(kc):
+    status, out = run(kc, "%%px\n1/0")
+    assert status == "error"
+    (err,) = [o for o in out if o["type"] == "error"]
+    assert err["ename"] == "RemoteError"
+    assert err["evalue"] == "ZeroDivisionError on ranks 0-2"
+    tb = ANSI.sub("", "\n".join(err["traceback"]))
+    assert tb.count("ZeroDivisionError: division by zero") == 1   # identical tracebacks shown once
+    assert "[ZeroDivisionError on ranks 0-2]" in tb and "----> 1 1/0" in tb
+    status, out = run(kc, "%%px\nundefined_name if rank == 1 else 1/0")
+    (err,) = [o for o in out if o["type"] == "error"]
+    assert err["evalue"] == "ZeroDivisionError on ranks 0, 2; NameError on rank 1"
+
+
+@pytest.mark.parametrize("spec, ranks", [("0", [0]), ("0,2", [0, 2]), ("1-2", [1, 2]), ("all", [0, 1, 2])])
+def test_px_targets(kc, spec, ranks):
+    status, out = run(kc, f"%%px --targets {spec}\nrank")
+    assert status == "ok"
+    assert [int(line.split("]: ")[1]) for line in text_of(out).splitlines()] == ranks
+
+
+def test_px_any_target_and_line_form(kc):
+    status, out = run(kc, "%px --targets any print('one server')")
+    assert status == "ok" and text_of(out).count("one server") == 1
+    status, out = run(kc, "%px y = rank + 1")
+    status, out = run(kc, '%px print("y is", y)')
+    assert sorted(text_of(out).splitlines()) == [f"[stdout:{r}] y is {r + 1}" for r in range(3)]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("%%px --targets 5\n1", "target '5' names ranks that are not servers: [5]; servers are 0-2"),
+    ("%%px --targets 0;1\n1", "bad target '0;1': use 'all', 'any'"),
+    ("%%px --targets __import__('os')\n1", "bad target"),
+    ("%%px --timeout -1\n1", "--timeout must be a positive number of seconds"),
+    ("%%px --group-outputs foo\n1", "invalid choice: 'foo'"),
+    ("%%px --bogus\n1", "unrecognized arguments: --bogus"),
+    ("%mpi_pull", "the following arguments are required: names"),
+    ("%mpi_push undefined_on_client", "not defined on the client: undefined_on_client"),
+    ("%pxresult nothing", "no pending %%px --noblock results named 'nothing'"),
+])
+def test_bad_magic_arguments_give_usage_errors(kc, line, message):
+    status, out = run(kc, line)
+    assert message in text_of(out, "stderr"), out
+    assert "UsageError" in text_of(out, "stderr")
+
+
+def test_noblock_and_pxresult(kc):
+    status, out = run(kc, "%%px --noblock --out res\nimport time\ntime.sleep(0.3)\nrank + 100")
+    assert status == "ok" and "%pxresult res" in text_of(out)
+    status, out = run(kc, "%pxresult res")
+    assert status == "ok" and "Out[1:" in text_of(out)
+    status, out = run(kc, "res")
+    assert out[-1]["data"]["text/plain"] == "{0: 100, 1: 101, 2: 102}"
+
+
+def test_push_and_pull_line_and_cell_forms(kc):
+    status, out = run(kc, "a = 41\nb = 'text'\n%mpi_push a b --targets 0-1")
+    assert status == "ok" and "pushed a, b to ranks 0-1" in text_of(out)
+    status, out = run(kc, "%mpi_pull a --targets 0-1")
+    assert out[-1]["data"]["text/plain"] == "{0: 41, 1: 41}"
+    status, out = run(kc, "%%mpi_push\nimport math\nc = [1, 2]\nd, e = 3, math.pi")
+    assert status == "ok" and "pushed math, c, d, e to ranks 0-2" in text_of(out)
+    status, out = run(kc, "%mpi_pull c d")
+    assert out[-1]["data"]["text/plain"] == "{0: [[1, 2], 3], 1: [[1, 2], 3], 2: [[1, 2], 3]}"
+    status, out = run(kc, "%%px\nround(e, 2)")
+    assert "]: 3.14" in text_of(out)
+
+
+def test_mpi_status_table(kc):
+    status, out = run(kc, "%mpi_status")
+    lines = text_of(out).splitlines()
+    assert lines[0].split() == ["rank", "host", "pid", "state", "command", "elapsed"]
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1", "2"]
+    assert all(line.split()[3] == "idle" for line in lines[1:])
+
+
+def test_mpi_monitor_widget_and_autopx(kc):
+    status, out = run(kc, "%mpi_monitor")
+    assert status == "ok" and any(o["type"] == "display_data" for o in out)
+    status, out = run(kc, "%autopx")
+    assert "enabled" in text_of(out)
+    status, out = run(kc, "print('auto', rank)")
+    assert sorted(text_of(out).splitlines()) == [f"[stdout:{r}] auto {r}" for r in range(3)]
+    status, out = run(kc, "%autopx")
+    assert "disabled" in text_of(out)
+    status, out = run(kc, "print('local')")
+    assert text_of(out) == "local\n"
+
+
+def test_px_local_with_comm_world_collective(kc):
+    status, out = run(kc, "%%px --local\nfrom mpi4py import MPI\n"
+                          "total = MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.Get_rank())\nprint('sum', total)")
+    assert status == "ok"
+    assert text_of(out).count("sum 6") == 4   # 3 servers and the client
+
+
+def test_px_timeout_names_busy_ranks_and_hints_comm_world(kc):
+    status, out = run(kc, "%%px --timeout 1\nfrom mpi4py import MPI\nimport time\n"
+                          "time.sleep(30) if rank else MPI.COMM_WORLD  # never returns on 1-2")
+    assert status == "error"
+    (err,) = [o for o in out if o["type"] == "error"]
+    tb = ANSI.sub("", "\n".join(err["traceback"]))
+    assert "--timeout 1 s expired; still busy: ranks 1-2" in tb
+    assert 'File "<px-cell>", line 3' in tb                  # the stack dump of the busy ranks
+    assert "use `comm` (the servers' communicator) or `%%px --local`" in tb
+    status, out = run(kc, "%%px\n'alive'")
+    assert status == "ok" and text_of(out).count("alive") == 3
+
+
+def test_interrupt_while_true_on_all_servers(kernel):
+    km, kc = kernel
+    msg_id = kc.execute("%%px\nwhile True: pass")
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert elapsed < 1.0
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["evalue"] == "KeyboardInterrupt on ranks 0-2"
+    status, out = run(kc, "%%px\nrank")
+    assert status == "ok" and "Out[2:" in text_of(out)
