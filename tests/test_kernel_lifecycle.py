@@ -1,0 +1,109 @@
+"""Kernel start, shutdown, restarts, death of a server rank; the conformance suite."""
+from __future__ import annotations
+
+import time
+
+import jupyter_kernel_test
+import pytest
+
+from kernel_helpers import KERNEL_NAME, install_kernelspec, process_tree, run, start_kernel, wait_gone
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernelspec(tmp_path_factory):
+    return install_kernelspec(tmp_path_factory.mktemp("prefix"))
+
+
+def job_pids(km) -> list[int]:
+    """The launcher (mpiexec) and everything under it: proxies and all ranks."""
+    return process_tree(km.provisioner.process.pid)
+
+
+def test_kernelspec_contents(kernelspec):
+    import json
+    import sys
+    spec = json.loads((kernelspec / "kernel.json").read_text())
+    assert spec["interrupt_mode"] == "message" and spec["language"] == "python"
+    assert spec["display_name"] == "Python 3 (MPI, 4 ranks)"
+    assert spec["argv"][0].endswith("mpiexec") and spec["argv"][1:3] == ["-n", "4"]
+    assert spec["argv"][3] == sys.executable and spec["argv"][-2:] == ["-f", "{connection_file}"]
+    assert sorted(p.name for p in kernelspec.iterdir()) == ["kernel.json", "logo-32x32.png", "logo-64x64.png"]
+
+
+def test_kernelspec_list_and_remove(tmp_path):
+    import subprocess
+    import sys
+    install_kernelspec(tmp_path, ranks=3, name="mpi-listed")
+    jupyter = [sys.executable, "-m", "jupyter", "kernelspec"]
+    listed = subprocess.run([*jupyter, "list"], capture_output=True, text=True, timeout=60).stdout
+    assert "mpi-listed" in listed
+    subprocess.run([*jupyter, "remove", "-f", "mpi-listed"], check=True, capture_output=True, timeout=60)
+    listed = subprocess.run([*jupyter, "list"], capture_output=True, text=True, timeout=60).stdout
+    assert "mpi-listed" not in listed
+
+
+def test_shutdown_stops_the_whole_job_quickly():
+    km, kc = start_kernel()
+    run(kc, "%%px\nrank")
+    pids = job_pids(km)
+    assert len(pids) >= 5  # mpiexec, a proxy and 4 ranks
+    t0 = time.monotonic()
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+    left = wait_gone(pids, 10)
+    assert time.monotonic() - t0 < 2.0 and not left, left
+
+
+def test_ten_restarts_leave_nothing_behind():
+    km, kc = start_kernel()
+    try:
+        for i in range(10):
+            status, out = run(kc, "%%px\nrank")
+            assert status == "ok", out
+            pids = job_pids(km)
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=60)
+            assert not wait_gone(pids, 5), f"restart {i}: old processes left"
+        status, out = run(kc, "%%px\nrank * 2")
+        assert status == "ok"
+    finally:
+        pids = job_pids(km)
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        assert not wait_gone(pids, 10)
+
+
+def test_death_of_a_server_rank_kills_the_kernel_cleanly():
+    km, kc = start_kernel()
+    pids = job_pids(km)
+    kc.execute("%%px --targets 1\nimport os\nos._exit(3)")
+    deadline = time.monotonic() + 15
+    while km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not km.is_alive(), "the kernel should die with its server"
+    assert not wait_gone(pids, 10), "orphans left"
+    kc.stop_channels()
+    km.cleanup_resources()
+
+
+class TestConformance(jupyter_kernel_test.KernelTests):
+    """jupyter_kernel_test's protocol checks against the MPI kernel."""
+
+    kernel_name = KERNEL_NAME
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    completion_samples = [{"text": "zi", "matches": {"zip"}}]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n\n"]
+    incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2"]
+    invalid_code_samples = ["import = 7q"]
+    code_page_something = "zip?"
+    code_generate_error = "raise ValueError('oops')"
+    code_execute_result = [{"code": "1+2+3", "result": "6"}, {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"}]
+    code_display_data = [{"code": "from IPython.display import HTML, display; display(HTML('<b>test</b>'))",
+                          "mime": "text/html"}]
+    code_history_pattern = "1?2*"
+    supported_history_operations = ("tail", "search")
+    code_inspect_sample = "zip"
+    code_clear_output = "from IPython.display import clear_output; clear_output()"

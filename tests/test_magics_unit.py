@@ -1,0 +1,108 @@
+"""Target parsing and magic argument errors, without MPI (a fake client records calls)."""
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from ipython_ext.magics import MPIMagics, _split_line, assigned_names, status_table
+from ipython_ext.targets import parse_targets
+
+SERVERS = [0, 1, 2]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("all", [0, 1, 2]), ("ALL", [0, 1, 2]), ("any", None), ("0", [0]), ("0,2", [0, 2]),
+    ("1-2", [1, 2]), ("0, 2-2", [0, 2]), ("0-1,1", [0, 1]),
+])
+def test_parse_targets(spec, expected):
+    assert parse_targets(spec, SERVERS) == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("3", "names ranks that are not servers: [3]; servers are 0-2"),
+    ("-1", "bad target '-1'"),
+    ("2-1", "the first rank must not exceed the last"),
+    ("0;1", "use 'all', 'any'"),
+    ("__import__('os').system('x')", "bad target"),
+    ("", "bad target"),
+    ("1.5", "bad target"),
+])
+def test_parse_targets_errors(spec, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_targets(spec, SERVERS)
+
+
+class FakeClient:
+    """Stands in for MPICommandClient: records what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+        self.stream_callback = self.display_callback = None
+
+    def servers(self) -> list[int]:
+        return SERVERS
+
+    def get_server_status(self, rank=None):
+        one = {"rank": 0, "host": "h", "pid": 1, "state": "idle", "command": None, "elapsed": None}
+        return one if rank is not None else {r: {**one, "rank": r} for r in SERVERS}
+
+    def __getattr__(self, name):  # execute_cell, push, pull, ...: record and return nothing
+        return lambda *args, **kwargs: self.sent.append((name, args, kwargs)) or []
+
+
+@pytest.fixture(scope="module")
+def magics():
+    shell = InteractiveShell.instance()
+    client = FakeClient()
+    m = MPIMagics(shell, client)
+    shell.register_magics(m)
+    return m
+
+
+@pytest.mark.parametrize("call, message", [
+    (("px", "--targets 7", "1"), "servers are 0-2"),
+    (("px", "--targets 0-x", "1"), "bad target '0-x'"),
+    (("px", "--timeout 0", "1"), "--timeout must be a positive number"),
+    (("px", "--timeout soon", "1"), "argument --timeout: invalid float value: 'soon'"),
+    (("px", "--group-outputs engine", "1"), "invalid choice: 'engine'"),
+    (("px", "--out 1x", "1"), "--out takes a variable name"),
+    (("px", "--noblock --local", "1"), "--noblock and --local cannot be combined"),
+    (("px", "", "   "), "%px needs code to run"),
+    (("px", "stray words", "1"), "%%px takes options only"),
+    (("mpi_push", "", None), "%mpi_push needs variable names"),
+    (("mpi_push", "nope", None), "not defined on the client: nope"),
+    (("mpi_push", "x --targets any", None), "needs definite targets"),
+    (("mpi_pull", "x --targets 9", None), "servers are 0-2"),
+    (("mpi_status", "extra", None), "takes no arguments"),
+    (("pxresult", "missing", None), "no pending %%px --noblock results named 'missing'"),
+])
+def test_magic_argument_errors_send_nothing(magics, call, message):
+    name, line, cell = call
+    magics.client.sent.clear()
+    func = getattr(magics, name)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        func(line) if cell is None else func(line, cell)
+    assert magics.client.sent == []
+
+
+def test_split_line_keeps_the_statement_verbatim():
+    assert _split_line('--targets 0-1 --noblock print("a  b", x)') == ("--targets 0-1 --noblock", 'print("a  b", x)')
+    assert _split_line("x = -1") == ("", "x = -1")
+    with pytest.raises(UsageError, match="--targets needs a value"):
+        _split_line("--targets")
+
+
+def test_assigned_names():
+    source = "import numpy as np, os.path\nfrom math import pi as PI\na = 1\nb, (c, d) = 1, (2, 3)\n" \
+             "for i in range(2): j = i\nx += 1\ndef f():\n    hidden = 1\nclass K: y = 2\nwith open(p) as fh: pass"
+    assert assigned_names(source) == ["np", "os", "PI", "a", "b", "c", "d", "i", "j", "x", "f", "K", "fh"]
+
+
+def test_status_table():
+    table = status_table({0: {"host": "h", "pid": 7, "state": "busy", "command": "train()\nmore",
+                              "elapsed": 2.25},
+                          1: {"host": "h", "pid": 8, "state": "timeout", "command": None, "elapsed": None}})
+    assert table.splitlines() == ["rank  host  pid  state    command      elapsed",
+                                  "0     h     7    busy     train() ...  2.2 s",
+                                  "1     h     8    timeout"]
