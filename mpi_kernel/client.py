@@ -154,7 +154,11 @@ class MPICommandClient(Configurable):
         parameters = protocol.check_parameters(parameters)
         with transport.DeferredSigint():
             ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
-            return self.get_command_response(ids, block=True) if block else ids
+            if not block:
+                return ids
+            self._wait_for(ids, None)
+        with self._lock:
+            return [self._responses[i] for i in ids]
 
     def get_command_response(self, command_request_id_list: Iterable[int], block: bool = False,
                              verbose: bool = True, timeout: float | None = None) -> list[dict]:
@@ -324,6 +328,8 @@ class MPICommandClient(Configurable):
 
     def _dispatch(self) -> None:
         """Send the next queued request to every idle, responsive server."""
+        if not self._encoded:  # it holds exactly the queued requests
+            return
         for server in self._servers:
             if self._inflight[server] is not None or self._monitor.table[server].timeout:
                 continue
@@ -467,7 +473,7 @@ class MPICommandClient(Configurable):
                     if active:
                         backoff.reset()
                     else:
-                        backoff.wait()
+                        backoff.wait(self._comm.Iprobe)
             finally:
                 self._waiters -= 1
 

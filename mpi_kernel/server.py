@@ -8,6 +8,7 @@ never break the framework's own loop.
 """
 from __future__ import annotations
 
+import functools
 import linecache
 import logging
 import os
@@ -122,16 +123,17 @@ class MPICommandServer:
         sys.stderr = RemoteStream("stderr", self.capture)
         self._serving = True
         self.monitor.start()
+        comm, client, stopping = self.env.framework, self.env.client_rank, self.monitor.stopping
         status = transport.MPI.Status()
         backoff = transport.Backoff()
+        probe = functools.partial(comm.Iprobe, client, Tag.REQUEST)
         try:
-            while not self.monitor.stopping.is_set():
-                got, request = transport.try_receive(
-                    self.env.framework, self.env.client_rank, Tag.REQUEST, status)
-                if not got:
-                    backoff.wait()
+            while not stopping.is_set():
+                msg = comm.improbe(client, Tag.REQUEST, status)
+                if msg is None:
+                    backoff.wait(probe)
                     continue
-                self.handle(request)
+                self.handle(transport.receive(comm, msg, status))
                 backoff.reset()
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
@@ -156,25 +158,14 @@ class MPICommandServer:
         transport.send_encoded(self.env.framework, encoded, self.env.client_rank, Tag.RESPONSE)
 
     def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> tuple:
-        return self._run(request_id, command, params, lambda: self._execute(command, mode),
-                         self._format_traceback)
+        return self._run(request_id, command, mode, params, None)
 
     def _run_cell(self, request_id: int, source: str, mode: str, options: dict) -> tuple:
-        def execute() -> Any:
-            linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
-            body, last = self.cells.compile(source)
-            self._armed = True
-            try:
-                value = self.cells.run(body, last)
-            finally:
-                self._armed = False
-            return self.cells.result(value, options.get("value", False))
-        return self._run(request_id, source, None, execute,
-                         lambda exc: self.cells.traceback(exc, _user_frames(exc)))
+        return self._run(request_id, source, mode, None, options)
 
-    def _run(self, request_id: int, command: str, params: dict | None, execute: Callable[[], Any],
-             format_error: Callable[[BaseException], str]) -> tuple:
-        """Run `execute` as request `request_id`, with parameters, capture and a reply."""
+    def _run(self, request_id: int, command: str, mode: str, params: dict | None,
+             cell: dict | None) -> tuple:
+        """Run a command (or, with `cell` options, a %%px cell): parameters, capture, reply."""
         namespace = self.namespace
         if params:
             saved = {k: namespace[k] for k in params if k in namespace}
@@ -184,9 +175,9 @@ class MPICommandServer:
         self.capture.begin(request_id)
         ret, ok, tb = None, True, None
         try:
-            ret = execute()
+            ret = self._execute(command, mode) if cell is None else self._execute_cell(command, cell)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
-            ok, tb = False, format_error(exc)
+            ok, tb = False, self._format_traceback(exc, command, cell is not None)
         finally:
             if params:  # parameters live for one command only (guide 5.4)
                 for key in params:
@@ -194,7 +185,7 @@ class MPICommandServer:
                 namespace.update(saved)
             self._current = None
         stdout, stderr = self.capture.end()
-        return protocol.make_reply(request_id, ret, ok, tb, start, time.time(), stdout, stderr)
+        return (request_id, ret, ok, tb, start, time.time(), stdout, stderr)  # protocol.make_reply
 
     def _execute(self, command: str, mode: str) -> Any:
         code = _compile_cache.get((command, mode))
@@ -203,15 +194,27 @@ class MPICommandServer:
             if len(_compile_cache) > 1024:
                 _compile_cache.clear()
             _compile_cache[(command, mode)] = code
-        # so that tracebacks show the source line of the command
-        linecache.cache[self._filename] = (len(command), None, command.splitlines(True), self._filename)
         self._armed = True
         try:
             return eval(code, self.namespace)
         finally:
             self._armed = False
 
-    def _format_traceback(self, exc: BaseException) -> str:
+    def _execute_cell(self, source: str, options: dict) -> Any:
+        body, last = self.cells.compile(source)
+        self._armed = True
+        try:
+            value = self.cells.run(body, last)
+        finally:
+            self._armed = False
+        return self.cells.result(value, options.get("value", False))
+
+    def _format_traceback(self, exc: BaseException, source: str, cell: bool) -> str:
+        filename = CELL_FILENAME if cell else self._filename
+        # so that the traceback shows the lines of the command
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        if cell:
+            return self.cells.traceback(exc, _user_frames(exc))
         return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc)))
 
     def _push(self, request_id: int, command: str, mode: str, variables: dict) -> tuple:
