@@ -72,6 +72,7 @@ class MPICommandClient(Configurable):
         self._any_queue: collections.deque[int] = collections.deque()
         self._inflight: dict[int, int | None] = {s: None for s in self._servers}
         self._encoded: dict[int, tuple[bytes, list]] = {}  # queued requests, pickled at push time
+        self._sends: list = []  # Isend requests of out-of-band buffers still in progress
         self._status = transport.MPI.Status()
         self._monitor = MonitorClient(self._servers, self.ping_interval, self.server_timeout)
         self._next_tick = 0.0
@@ -338,7 +339,10 @@ class MPICommandClient(Configurable):
                 continue
             request_id = queue.popleft()
             request = self._requests[request_id]
-            transport.send_encoded(self._comm, self._encoded.pop(request_id), server, Tag.REQUEST)
+            sends = transport.send_encoded(self._comm, self._encoded.pop(request_id), server,
+                                           Tag.REQUEST, wait=False)
+            if sends:
+                self._sends.extend(sends)
             self._inflight[server] = request_id
             request.update(server=server, status=protocol.REQUEST_SENT, sent_at=time.time())
             log.debug("command request with id# %d sent to server n# %d", request_id, server)
@@ -374,6 +378,8 @@ class MPICommandClient(Configurable):
                 log.error("unexpected message with tag %d from rank %d dropped", tag, source)
         if got_any:
             self._dispatch()
+        if self._sends and transport.MPI.Request.Testall(self._sends):
+            self._sends = []  # the buffers they kept alive may go now
         now = time.monotonic()
         if self._state == "running" and now >= self._next_tick:
             self._next_tick = now + 0.01
@@ -446,11 +452,20 @@ class MPICommandClient(Configurable):
 
     # -- internals: waiting --------------------------------------------------------------
     def _wait_for(self, ids: list[int], timeout: float | None) -> None:
-        missing = self._wait_until(lambda: [i for i in ids if i not in self._responses], timeout)
-        if missing:
+        remaining = collections.deque(ids)
+
+        def pending() -> collections.deque:
+            # Responses come back roughly in order: checking from the front keeps each
+            # check O(1) even when thousands of ids are awaited.
+            while remaining and remaining[0] in self._responses:
+                remaining.popleft()
+            return remaining
+
+        if self._wait_until(pending, timeout):
             with self._lock:
                 where = ", ".join(f"{i} (server {self._requests[i]['server']}, "
-                                  f"{self._requests[i]['status']})" for i in missing)
+                                  f"{self._requests[i]['status']})"
+                                  for i in remaining if i not in self._responses)
             raise TimeoutError(f"no response within {timeout:g} s for command request ids {where}")
 
     def _wait_until(self, pending: Callable[[], Any], timeout: float | None) -> Any:

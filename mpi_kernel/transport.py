@@ -102,15 +102,25 @@ def encode(obj: Any) -> tuple[bytes, list[memoryview]]:
     return data, buffers
 
 
-def send_encoded(comm: MPI.Comm, encoded: tuple[bytes, list[memoryview]], dest: int, tag: int) -> None:
+def send_encoded(comm: MPI.Comm, encoded: tuple[bytes, list[memoryview]], dest: int, tag: int,
+                 wait: bool = True) -> list[MPI.Request]:
+    """Send a message and its out-of-band parts.
+
+    With wait=False the parts are sent with Isend and their requests returned, for
+    the caller to complete later (Testall): a large send then does not wait for a
+    server that is asleep in its backoff, so pushes to several servers overlap.
+    """
     data, buffers = encoded
     if not buffers:
         comm.Send([data, MPI.BYTE], dest, tag)
-        return
+        return []
     with _multipart_lock:
         comm.Send([data, MPI.BYTE], dest, tag)
-        for buf in buffers:
-            comm.Send([buf, MPI.BYTE], dest, Tag.DATA)
+        requests = [comm.Isend([buf, MPI.BYTE], dest, Tag.DATA) for buf in buffers]
+    if wait:
+        MPI.Request.Waitall(requests)
+        return []
+    return requests
 
 
 def send(comm: MPI.Comm, obj: Any, dest: int, tag: int) -> None:

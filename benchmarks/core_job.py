@@ -1,0 +1,126 @@
+"""The core measurements, run as the client script of one 4-rank job:
+
+    mpiexec -n 4 python -m mpi_kernel benchmarks/core_job.py REPS IDLE_SECONDS
+
+Raw baselines are measured in the same job, with the servers taking part through
+commands that run a raw mpi4py loop on COMM_WORLD. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.stats import summarize, timed  # noqa: E402
+from mpi_kernel import MPICommandClient  # noqa: E402
+
+WORLD = MPI.COMM_WORLD
+ME = WORLD.Get_rank()
+TAG = 77
+
+SERVER_ECHO = """
+import os
+from mpi4py import MPI
+W = MPI.COMM_WORLD
+for _ in range(n):
+    if polite:  # 4 spinning ranks on 2 cores starve each other: yield, as mpi-kernel does
+        while not W.Iprobe(source=client, tag=77):
+            os.sched_yield()
+    W.send(W.recv(source=client, tag=77), dest=client, tag=77)
+"""
+SERVER_RECV = """
+import numpy as np
+from mpi4py import MPI
+W = MPI.COMM_WORLD
+for _ in range(n):
+    buf = np.empty(nbytes, dtype=np.uint8)   # a fresh buffer, as a user's receive would be
+    W.Recv(buf, source=client, tag=77)
+    W.send(None, dest=client, tag=77)
+"""
+
+
+def raw_pingpong(client: MPICommandClient, servers: list[int], reps: int, polite: bool) -> list[float]:
+    """Pickled send/recv on COMM_WORLD. `polite` waits yield the core between probes."""
+    ids = client.push_command_request(SERVER_ECHO, False, servers,
+                                      {"n": reps + 50, "client": ME, "polite": polite})
+    msg = ("1+1", 0)
+
+    def once() -> None:
+        for s in servers:
+            WORLD.send(msg, dest=s, tag=TAG)
+        for s in servers:
+            if polite:
+                while not WORLD.Iprobe(source=s, tag=TAG):
+                    os.sched_yield()
+            WORLD.recv(source=s, tag=TAG)
+
+    samples = timed(once, reps, warmup=50)
+    client.get_command_response(ids, True)
+    return samples
+
+
+def raw_send(client: MPICommandClient, array: np.ndarray, reps: int) -> list[float]:
+    ids = client.push_command_request(SERVER_RECV, False, [0], {"n": reps + 2, "client": ME,
+                                                               "nbytes": array.nbytes})
+
+    def once() -> None:
+        WORLD.Send(array, dest=0, tag=TAG)
+        WORLD.recv(source=0, tag=TAG)
+
+    samples = timed(once, reps, warmup=2)
+    client.get_command_response(ids, True)
+    return samples
+
+
+def throughput(client: MPICommandClient, count: int) -> float:
+    t0 = time.perf_counter()
+    ids = []
+    for _ in range(count):
+        ids += client.push_command_request("1+1", False, None)
+    client.get_command_response(ids, True)
+    return count / (time.perf_counter() - t0)
+
+
+def idle_cpu(client: MPICommandClient, seconds: float) -> list[float]:
+    pids = [s["pid"] for s in client.get_server_status().values()] + [os.getpid()]
+
+    def cpu(pid: int) -> float:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    time.sleep(1.0)  # let every wait loop reach its idle sleep
+    before = [cpu(p) for p in pids]
+    time.sleep(seconds)
+    return [100 * (cpu(p) - b) / seconds for p, b in zip(pids, before)]
+
+
+def main() -> None:
+    reps, idle_seconds = int(sys.argv[1]), float(sys.argv[2])
+    client = MPICommandClient()
+    client.start_services()
+    servers = client.servers()
+    out: dict = {"ranks": WORLD.Get_size(), "library": MPI.Get_library_version().splitlines()[0]}
+    out["raw_pingpong"] = summarize(raw_pingpong(client, [0], reps, polite=False))
+    out["raw_fanout"] = summarize(raw_pingpong(client, servers, reps, polite=True))
+    out["roundtrip"] = summarize(timed(lambda: client.push_command_request("1+1", True, [0]), reps, 200))
+    out["fanout"] = summarize(timed(lambda: client.push_command_request("1+1", True, servers), reps, 50))
+    out["throughput_per_s"] = throughput(client, max(reps, 3000))
+    for label, nbytes in (("1MB", 10**6), ("100MB", 10**8)):
+        array = np.ones(nbytes, dtype=np.uint8)
+        n = max(3, reps // (10 if nbytes < 10**8 else 200))
+        out[f"raw_send_{label}"] = summarize(raw_send(client, array, n))
+        out[f"push_{label}_one"] = summarize(timed(lambda: client.push({"a": array}, [0]), n, 1))
+        out[f"push_{label}_all"] = summarize(timed(lambda: client.push({"a": array}, servers), n, 1))
+        out[f"bytes_{label}"] = nbytes
+        client.push_command_request("a = None", True, servers)
+    out["idle_cpu_percent"] = idle_cpu(client, idle_seconds)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
