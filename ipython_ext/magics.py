@@ -143,6 +143,7 @@ class MPIMagics(Magics):
 
     def _drain(self, ids: list[int], live: bool) -> None:
         """Show the output events of `ids`; keep displays of other requests for later."""
+        shown = False
         while self.events:
             kind, server, request_id, *rest = self.events.popleft()
             if request_id not in ids:
@@ -152,8 +153,11 @@ class MPIMagics(Magics):
             if kind == "stream":
                 if live:
                     show.print_stream(server, *rest)
+                    shown = True
             else:
                 show.show_display(server, rest[0], rest[1])
+        if shown:
+            show.flush()
 
     def _finish(self, ids: list[int], group: str, out: str | None) -> None:
         """Show results (and grouped output); store --out; raise if any rank failed."""

@@ -1,0 +1,86 @@
+"""Kernel measurements through jupyter_client: start, cells, interrupt, restart, shutdown."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jupyter_client.manager import KernelManager
+
+from .stats import summarize
+
+
+def install(prefix: Path, ranks: int) -> str:
+    name = f"mpi-bench-{ranks}"
+    subprocess.run([sys.executable, "-m", "mpi_kernel", "install", "--prefix", str(prefix), "--name",
+                    name, "--ranks", str(ranks)], check=True, capture_output=True, timeout=60)
+    share = str(prefix / "share" / "jupyter")
+    if share not in os.environ.get("JUPYTER_PATH", ""):
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [share, os.environ.get("JUPYTER_PATH")]))
+    return name
+
+
+def start(name: str) -> tuple[KernelManager, object, float]:
+    t0 = time.perf_counter()
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    return km, kc, time.perf_counter() - t0
+
+
+def cell_times(kc: object, code: str, reps: int) -> list[float]:
+    samples = []
+    for _ in range(reps + 5):
+        t0 = time.perf_counter()
+        reply = kc.execute_interactive(code, output_hook=lambda msg: None, timeout=60)
+        samples.append(time.perf_counter() - t0)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    return samples[5:]
+
+
+def interrupt_latency(km: KernelManager, kc: object) -> float:
+    kc.execute("%%px\nwhile True: pass")
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    km.interrupt_kernel()
+    kc.get_shell_msg(timeout=30)
+    return time.perf_counter() - t0
+
+
+def start_time(ranks: int, reps: int) -> list[float]:
+    """Kernel start-to-ready at a given world size (each kernel shut down after)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        name = install(Path(tmp), ranks)
+        samples = []
+        for _ in range(reps):
+            km, kc, elapsed = start(name)
+            samples.append(elapsed)
+            kc.stop_channels()
+            km.shutdown_kernel(now=False)
+        return samples
+
+
+def run(reps: int, ranks: int = 4) -> dict:
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        name = install(Path(tmp), ranks)
+        km, kc, elapsed = start(name)
+        out["kernel_start_s"] = elapsed
+        out["cell_local"] = summarize(cell_times(kc, "1+1", reps))
+        out["cell_px"] = summarize(cell_times(kc, "%%px\n1+1", reps))
+        out["interrupt_s"] = interrupt_latency(km, kc)
+        t0 = time.perf_counter()
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=120)
+        out["kernel_restart_s"] = time.perf_counter() - t0
+        kc.execute_interactive("%%px\n1", timeout=60)
+        kc.stop_channels()
+        t0 = time.perf_counter()
+        km.shutdown_kernel(now=False)
+        out["kernel_shutdown_s"] = time.perf_counter() - t0
+    return out
