@@ -1,0 +1,61 @@
+"""`python -m benchmarks [--quick]`: measure mpi-kernel against raw MPI, write
+benchmarks/results/latest.{json,md,png} and print the table.
+
+Every comparison is a ratio of medians measured in the same run on this machine.
+Benchmarks are not tests: nothing here asserts a timing; missed goals are shown.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from . import kernel_bench, report
+
+HERE = Path(__file__).resolve().parent
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+
+
+def run_core(reps: int, idle_seconds: float, ranks: int = 4) -> dict:
+    """The core job: one `mpiexec -n 4` run of core_job.py (raw baselines in the same job)."""
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi_kernel", str(HERE / "core_job.py"),
+           str(reps), str(idle_seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"core benchmark job failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few repetitions: proves it runs")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
+    args = parser.parse_args(argv)
+    reps = 50 if args.quick else 2000
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "quick": args.quick,
+        "core": run_core(reps, 1.0 if args.quick else 5.0),
+        "kernel": kernel_bench.run(10 if args.quick else 200),
+    }
+    rows = report.rows(results)
+    results["table"] = rows
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "latest"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = report.markdown(results, rows)
+    (args.out / f"{stem}.md").write_text(table)
+    report.plot(rows, args.out / f"{stem}.png", results["date"], results["machine"]["cores"])
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

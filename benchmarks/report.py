@@ -1,0 +1,95 @@
+"""Turn benchmark results into rows (value, baseline, ratio, goal), Markdown and a plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _row(what: str, ours: float, unit: str, baseline: float | None, base_label: str,
+         ratio: float | None, goal: str, met: bool | None) -> dict:
+    return {"what": what, "ours": ours, "unit": unit, "baseline": baseline, "baseline_what": base_label,
+            "ratio": ratio, "goal": goal, "met": met}
+
+
+def rows(results: dict) -> list[dict]:
+    core, kernel = results["core"], results["kernel"]
+    med = lambda key: core[key]["median_us"]  # noqa: E731
+    out = [
+        _row("eval round trip, 1 server", med("roundtrip"), "us", med("raw_pingpong"),
+             "raw pickled ping-pong", med("roundtrip") / med("raw_pingpong"), "<= 3x",
+             med("roundtrip") <= 3 * med("raw_pingpong")),
+        _row("eval fan-out, 3 servers", med("fanout"), "us", med("raw_fanout"),
+             "raw fan-out (yielding waits)", med("fanout") / med("raw_fanout"), "<= 3x",
+             med("fanout") <= 3 * med("raw_fanout")),
+        _row("non-blocking throughput, 3 servers", core["throughput_per_s"], "commands/s", None, "",
+             None, ">= 30000", core["throughput_per_s"] >= 30000),
+    ]
+    for label in ("1MB", "100MB"):
+        nbytes = core[f"bytes_{label}"]
+        raw = nbytes / med(f"raw_send_{label}") / 1e3  # GB/s
+        for target, factor in (("one", 1), ("all", 3)):
+            ours = factor * nbytes / med(f"push_{label}_{target}") / 1e3
+            goal = target == "one"
+            out.append(_row(f"push {label} array to {target} server{'s' if factor > 1 else ''}", ours,
+                            "GB/s", raw, "raw comm.Send to one server", ours / raw,
+                            ">= 0.5x" if goal else "", (ours / raw >= 0.5) if goal else None))
+    idle = max(core["idle_cpu_percent"])
+    out.append(_row("idle CPU, busiest of 4 ranks", idle, "% of a core", None, "", None, "<= 1%", idle <= 1.0))
+    local, px = kernel["cell_local"]["median_us"] / 1e3, kernel["cell_px"]["median_us"] / 1e3
+    out += [
+        _row("%%px 1+1 cell (3 servers)", px, "ms", local, "kernel-only 1+1 cell", px / local,
+             "<= 1.3x", px <= 1.3 * local),
+        _row("kernel start to ready (4 ranks)", kernel["kernel_start_s"], "s", None, "", None, "<= 1.5 s",
+             kernel["kernel_start_s"] <= 1.5),
+        _row("kernel restart", kernel["kernel_restart_s"], "s", None, "", None, "", None),
+        _row("kernel shutdown", kernel["kernel_shutdown_s"], "s", None, "", None, "<= 2 s",
+             kernel["kernel_shutdown_s"] <= 2.0),
+        _row("interrupt of %%px while True (3 servers)", kernel["interrupt_s"], "s", None, "", None,
+             "<= 1 s", kernel["interrupt_s"] <= 1.0),
+    ]
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def markdown(results: dict, table: list[dict]) -> str:
+    machine = results["machine"]
+    lines = [f"Measured {results['date']} on {machine['cores']} cores ({machine['platform']}, "
+             f"Python {machine['python']}, {results['core']['library'].strip()}, "
+             f"{results['core']['ranks']} ranks){' - QUICK RUN, not for reading' if results['quick'] else ''}.",
+             "Medians; ratios against a baseline measured in the same run.", "",
+             "| measure | mpi-kernel | baseline | ratio | goal | met |",
+             "|---|---|---|---|---|---|"]
+    for r in table:
+        base = f"{_fmt(r['baseline'])} {r['unit']} ({r['baseline_what']})" if r["baseline"] is not None else ""
+        met = {True: "yes", False: "**NO**", None: ""}[r["met"]]
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
+        lines.append(f"| {r['what']} | {_fmt(r['ours'])} {r['unit']} | {base} | {ratio} | {r['goal']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict], path: Path, date: str, cores: int) -> None:
+    """Bars of the ratios against their baselines, with the goal marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ratios = [r for r in table if r["ratio"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(ratios) + 1.5))
+    names = [r["what"] for r in ratios]
+    values = [r["ratio"] for r in ratios]
+    colors = ["#2e7d32" if r["met"] in (True, None) else "#c62828" for r in ratios]
+    ax.barh(names, values, color=colors)
+    for i, r in enumerate(ratios):
+        if r["goal"]:
+            goal = float(r["goal"].strip("<=> x"))
+            ax.plot([goal, goal], [i - 0.4, i + 0.4], color="black", lw=2)
+        ax.text(r["ratio"], i, f" {r['ratio']:.2f}x", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio to the baseline measured in the same run (black bar: goal)")
+    ax.set_title(f"mpi-kernel vs raw MPI and a plain kernel cell ({date[:10]}, {cores} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

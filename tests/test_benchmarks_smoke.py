@@ -1,0 +1,15 @@
+"""The benchmark command still runs (a quick smoke run; no timing is asserted)."""
+import json
+import subprocess
+import sys
+
+
+def test_benchmarks_quick_run_writes_results(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "quick.json").read_text())
+    assert {"core", "kernel", "table", "machine"} <= set(results)
+    assert all(r["ours"] > 0 for r in results["table"])
+    assert (tmp_path / "quick.png").stat().st_size > 1000
+    assert "| eval round trip, 1 server |" in proc.stdout
