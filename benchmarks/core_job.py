@@ -93,7 +93,7 @@ def idle_cpu(client: MPICommandClient, seconds: float) -> list[float]:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    time.sleep(1.0)  # let every wait loop reach its idle sleep
+    time.sleep(2.0)  # let every wait loop reach its idle sleep (the backoff needs 1 s)
     before = [cpu(p) for p in pids]
     time.sleep(seconds)
     return [100 * (cpu(p) - b) / seconds for p, b in zip(pids, before)]
