@@ -142,14 +142,22 @@ class MPIMagics(Magics):
         raise show.PxTimeout(failed, "\n".join(lines)) if failed else UsageError("\n".join(lines))
 
     def _drain(self, ids: list[int], live: bool) -> None:
-        """Show the output events of `ids`; keep displays of other requests for later."""
-        shown = False
+        """Show the output events of `ids`; keep displays of other requests for later.
+
+        Each batch (what arrived since the last look, 0.1 s at most) is shown in rank
+        order, keeping each rank's own order: a quick cell's output then reads the same
+        every time, whichever server answered first.
+        """
+        batch = []
         while self.events:
-            kind, server, request_id, *rest = self.events.popleft()
-            if request_id not in ids:
-                if kind == "display" and request_id is not None:
-                    self.deferred.setdefault(request_id, []).append((server, *rest))
-                continue
+            event = self.events.popleft()
+            kind, server, request_id, *rest = event
+            if request_id in ids:
+                batch.append(event)
+            elif kind == "display" and request_id is not None:
+                self.deferred.setdefault(request_id, []).append((server, *rest))
+        shown = False
+        for kind, server, _, *rest in sorted(batch, key=lambda event: event[1]):
             if kind == "stream":
                 if live:
                     show.print_stream(server, *rest)
