@@ -104,8 +104,10 @@ class MPIMagics(Magics):
     def _wait(self, ids: list[int], timeout: float | None, live: bool, hint: str) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
         progress = show.ProgressLine(len(ids), hint=hint)
+        slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         try:
-            while not self.client.wait(ids, timeout=0.1):
+            while not self.client.wait(ids, timeout=slice_):
+                slice_ = 0.1
                 self._drain(ids, live)
                 waiting = self._waiting(ids)
                 progress.update(waiting)

@@ -48,7 +48,10 @@ class MPIKernel(IPythonKernel):
 
 def main(argv: list[str]) -> int:
     """Start the servers' services, then run the kernel until Jupyter shuts it down."""
-    MPICommandClient().start_services()
+    client = MPICommandClient()
+    client.start_services()
+    # Load IPython on the servers now rather than in the user's first %%px cell.
+    client.wait(client.execute_cell("None", client.servers()), timeout=60)
     app = IPKernelApp.instance(kernel_class=MPIKernel)
     app.initialize(argv)
     app.start()
