@@ -495,7 +495,7 @@ class MPICommandClient(Configurable):
     def _service_loop(self) -> None:
         busy = transport.Backoff()
         # With nothing in flight only pongs and logs arrive: a long cap keeps idle CPU low.
-        idle = transport.Backoff(spin=0.0, start=1e-3, cap=10e-3, idle_cap=10e-3)
+        idle = transport.Backoff(spin=0.0, start=1e-3, warm=0.0, cap=20e-3, idle_cap=20e-3)
         while not self._halt.is_set():
             active = False
             if not self._waiters and self._lock.acquire(blocking=False):

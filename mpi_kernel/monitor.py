@@ -118,8 +118,8 @@ class MonitorServer:
         from . import transport  # local: keeps this module importable without MPI
         env = self.server.env
         status = transport.MPI.Status()
-        # Pings and interrupts are not latency-bound: a 20 ms cap keeps idle CPU low.
-        backoff = transport.Backoff(spin=0.0, start=1e-3, cap=20e-3, idle_cap=20e-3)
+        # Pings and interrupts are not latency-bound: a 50 ms cap keeps idle CPU low.
+        backoff = transport.Backoff(spin=0.0, start=1e-3, warm=0.0, cap=50e-3, idle_cap=50e-3)
         while not self.stopping.is_set():
             self.flush()
             got, message = transport.try_receive(env.framework, env.client_rank, Tag.CONTROL, status)

@@ -40,13 +40,13 @@ class Backoff:
     - up to `warm` s: short `start` sleeps, since more work often follows soon
       (a notebook sends a cell every few ms when cells run back to back);
     - then sleeps doubling up to `cap`, and after `idle_after` s up to `idle_cap`:
-      each wake-up costs about 26 us of CPU on these VMs, so 2 ms sleeps alone would
-      use 1.3% of a core. The first command after a long pause waits up to
-      `idle_cap` longer, which nobody at a notebook can notice.
+      each wake-up costs 26-40 us of CPU on these VMs, so 2 ms sleeps alone would
+      use 1.3-2% of a core. The first command after a long pause waits up to
+      `idle_cap` (10 ms) longer, which nobody at a notebook can notice.
     """
 
     def __init__(self, spin: float = 1e-3, start: float = 50e-6, warm: float = 0.05,
-                 cap: float = 2e-3, idle_after: float = 1.0, idle_cap: float = 5e-3) -> None:
+                 cap: float = 2e-3, idle_after: float = 1.0, idle_cap: float = 10e-3) -> None:
         self.spin, self.start, self.warm, self.cap = spin, start, warm, cap
         self.idle_after, self.idle_cap = idle_after, idle_cap
         self.reset()

@@ -219,12 +219,12 @@ def test_idle_ranks_do_not_spin(tmp_path):
         "c = MPICommandClient(); c.start_services()\n"
         "pids = [s['pid'] for s in c.get_server_status().values()] + [os.getpid()]\n"
         "print(' '.join(map(str, pids)), flush=True)\n"
-        "time.sleep(7)\n")
+        "time.sleep(8)\n")
     proc = subprocess.Popen([MPIEXEC, "-n", "4", sys.executable, "-m", "mpi_kernel", str(script)],
                             stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
-        time.sleep(0.5)  # let the start-up spin settle
+        time.sleep(1.5)  # let the start-up spin settle: after 1 s idle the waits sleep longest
 
         def cpu_seconds(pid: int) -> float:
             fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
