@@ -69,13 +69,13 @@ class RemoteError(Exception):
     def __init__(self, failed: list[dict], note: str = "") -> None:
         self.groups = merge_errors(failed)
         self.note = note
-        summary = "; ".join(f"{error_name(tb)} on {_ranks_word(ranks)}" for ranks, tb in self.groups)
+        summary = "; ".join(f"{error_name(tb)} on {ranks_word(ranks)}" for ranks, tb in self.groups)
         super().__init__(summary + (f". {note}" if note else ""))
 
     def _render_traceback_(self) -> list[str]:
         lines: list[str] = []
         for ranks, tb in self.groups:
-            lines.append(f"{CYAN}[{error_name(tb)} on {_ranks_word(ranks)}]{RESET}")
+            lines.append(f"{CYAN}[{error_name(tb)} on {ranks_word(ranks)}]{RESET}")
             lines.extend(tb.rstrip("\n").splitlines())
             lines.append("")
         if self.note:
@@ -87,7 +87,8 @@ class PxTimeout(RemoteError):
     """Raised by %%px --timeout when servers were still busy."""
 
 
-def _ranks_word(ranks: list[int]) -> str:
+def ranks_word(ranks: list[int]) -> str:
+    """"rank 1" or "ranks 0-2"."""
     return f"rank{'s' if len(ranks) > 1 else ''} {format_ranks(ranks)}"
 
 
@@ -109,7 +110,7 @@ class ProgressLine:
         done = self.total - len(waiting)
         text = f"[px] {done}/{self.total} ranks done, {elapsed:.1f} s elapsed"
         if waiting:
-            text += f"; waiting for {_ranks_word(waiting)}"
+            text += f"; waiting for {ranks_word(waiting)}"
         if self.hint and elapsed > 5:
             text += f" ({self.hint})"
         bundle = {"text/plain": text}

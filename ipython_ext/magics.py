@@ -132,7 +132,7 @@ class MPIMagics(Magics):
         self.client.interrupt(waiting)
         self.client.wait(ids, timeout=3)
         self._drain(ids, True)
-        lines = [f"%%px --timeout {timeout:g} s expired; still busy: ranks {format_ranks(waiting)}"]
+        lines = [f"%%px --timeout {timeout:g} s expired; still busy: {show.ranks_word(waiting)}"]
         for rank in waiting:
             command = (status[rank].get("command") or "").strip().splitlines()
             lines.append(f"rank {rank} was running: {command[0] if command else '?'}"

@@ -26,7 +26,9 @@ def render(status: dict[int, dict]) -> str:
         detail = ""
         if s.get("command"):
             elapsed = s.get("elapsed") or 0.0
-            detail = f"<br><small>{html.escape(s['command'][:40])} ({elapsed:.1f} s)</small>"
+            lines = s["command"].strip().splitlines() or [""]
+            first = lines[0][:40] + (" …" if len(lines) > 1 or len(lines[0]) > 40 else "")
+            detail = f"<br><small>{html.escape(first)} ({elapsed:.1f} s)</small>"
         boxes.append(
             f'<div class="mpi-server mpi-{state}" data-rank="{rank}" data-state="{state}" '
             f'style="display:inline-block;margin:2px;padding:4px 8px;border-radius:4px;'

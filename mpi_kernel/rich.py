@@ -8,6 +8,8 @@ display data. Plain commands from the guide's API never load IPython.
 from __future__ import annotations
 
 import ast
+import hashlib
+import linecache
 import os
 import sys
 from types import CodeType, TracebackType
@@ -15,6 +17,11 @@ from typing import Any, Callable
 
 Publish = Callable[[dict, dict, dict | None, bool], None]  # (data, metadata, transient, update)
 _BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+def cell_filename(source: str) -> str:
+    """The same on every rank for the same cell, so identical errors merge."""
+    return f"<px-cell-{hashlib.sha1(source.encode()).hexdigest()[:8]}>"
 
 
 class _Publisher:
@@ -34,9 +41,8 @@ class _Publisher:
 class CellRunner:
     """Runs cell source like IPython does and formats results and errors."""
 
-    def __init__(self, namespace: dict, publish: Publish, filename: str) -> None:
+    def __init__(self, namespace: dict, publish: Publish) -> None:
         self.namespace = namespace
-        self.filename = filename
         self._publish = publish
         self._shell: Any = None
         self._cache: dict[str, tuple[CodeType, CodeType | None]] = {}
@@ -58,11 +64,15 @@ class CellRunner:
         """Compile the body and, if the cell ends with an expression, that expression."""
         codes = self._cache.get(source)
         if codes is None:
-            tree = ast.parse(source, self.filename)
+            filename = cell_filename(source)
+            # Kept like IPython's cells, so tracebacks and stack dumps show the right lines
+            # even for functions a cell defined long ago (mtime None: linecache keeps it).
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            tree = ast.parse(source, filename)
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
-                last = compile(ast.Expression(tree.body.pop().value), self.filename, "eval")
-            codes = (compile(tree, self.filename, "exec"), last)
+                last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+            codes = (compile(tree, filename, "exec"), last)
             if len(self._cache) > 256:
                 self._cache.clear()
             self._cache[source] = codes
@@ -96,5 +106,9 @@ class CellRunner:
     def traceback(self, exc: BaseException, tb: TracebackType | None) -> str:
         """An IPython-style (colored) traceback, without the framework's frames."""
         self.flush_figures()
-        lines = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb)
+        if isinstance(exc, SyntaxError) and tb is not None and tb.tb_frame.f_globals is not self.namespace:
+            # raised while compiling the cell: show the error at its line, as IPython does
+            lines = self.shell.SyntaxTB.structured_traceback(type(exc), exc, None)
+        else:
+            lines = self.shell.InteractiveTB.structured_traceback(type(exc), exc, tb)
         return "\n".join(lines)

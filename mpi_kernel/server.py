@@ -28,7 +28,6 @@ from .rich import CellRunner
 
 log = logging.getLogger("mpi_kernel.server")
 _compile_cache: dict[tuple[str, str], Any] = {}
-CELL_FILENAME = "<px-cell>"  # the same on every rank, so identical errors merge
 
 
 def _user_frames(exc: BaseException) -> TracebackType | None:
@@ -77,7 +76,7 @@ class MPICommandServer:
         self.capture = OutputCapture(self._send_stream)
         self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
                          protocol.PULL: self._pull, protocol.CELL: self._run_cell}
-        self.cells = CellRunner(self.namespace, self._send_display, CELL_FILENAME)
+        self.cells = CellRunner(self.namespace, self._send_display)
         self.monitor = MonitorServer(self, self.capture.flush_if_old)
 
     # -- messages to the client ----------------------------------------------------------
@@ -98,8 +97,10 @@ class MPICommandServer:
         frame = sys._current_frames().get(self._main)
         if frame is None or self._current is None:
             return ""
+        self._show_source(self._current[1])
         frames = traceback.extract_stack(frame)
-        starts = [i for i, f in enumerate(frames) if f.filename in (CELL_FILENAME, self._filename)]
+        starts = [i for i, f in enumerate(frames)
+                  if f.filename == self._filename or f.filename.startswith("<px-cell-")]
         return "".join(traceback.format_list(frames[starts[0]:] if starts else frames))
 
     def status(self) -> dict[str, Any]:
@@ -209,10 +210,12 @@ class MPICommandServer:
             self._armed = False
         return self.cells.result(value, options.get("value", False))
 
+    def _show_source(self, command: str) -> None:
+        """Let tracebacks show the lines of the current command (cells have their own names)."""
+        linecache.cache[self._filename] = (len(command), None, command.splitlines(True), self._filename)
+
     def _format_traceback(self, exc: BaseException, source: str, cell: bool) -> str:
-        filename = CELL_FILENAME if cell else self._filename
-        # so that the traceback shows the lines of the command
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        self._show_source(source)
         if cell:
             return self.cells.traceback(exc, _user_frames(exc))
         return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc)))
