@@ -6,6 +6,8 @@ the ipython_ext magics send work to the servers through the MPICommandClient.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
@@ -50,6 +52,10 @@ def main(argv: list[str]) -> int:
     """Start the servers' services, then run the kernel until Jupyter shuts it down."""
     client = MPICommandClient()
     client.start_services()
+    # For the Jupyter server's log: MPICH names a dead process by pid only.
+    ranks = ", ".join(f"{r}: pid {s['pid']} on {s['host']}" for r, s in client.get_server_status().items())
+    print(f"mpi-kernel: client rank {len(client.servers())} pid {os.getpid()}; servers {ranks}",
+          file=sys.__stderr__, flush=True)
     # Load IPython on the servers now rather than in the user's first %%px cell.
     client.wait(client.execute_cell("None", client.servers()), timeout=60)
     app = IPKernelApp.instance(kernel_class=MPIKernel)

@@ -8,6 +8,7 @@ never break the framework's own loop.
 """
 from __future__ import annotations
 
+import faulthandler
 import functools
 import linecache
 import logging
@@ -119,6 +120,7 @@ class MPICommandServer:
     def serve(self) -> None:
         """Serve until the client says stop; then say STOPPED."""
         logs.install_origin(self.env.origin)
+        faulthandler.enable(sys.__stderr__)  # a crash in C code still prints the Python stack
         signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = RemoteStream("stdout", self.capture)
         sys.stderr = RemoteStream("stderr", self.capture)
