@@ -378,7 +378,7 @@ class MPICommandClient(Configurable):
                 log.error("unexpected message with tag %d from rank %d dropped", tag, source)
         if got_any:
             self._dispatch()
-        if self._sends and transport.MPI.Request.Testall(self._sends):
+        if self._sends and transport.complete(self._sends, 1e-3):
             self._sends = []  # the buffers they kept alive may go now
         now = time.monotonic()
         if self._state == "running" and now >= self._next_tick:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
@@ -48,6 +50,32 @@ class MPIKernel(IPythonKernel):
         return super().do_shutdown(restart)
 
 
+def watch_jupyter(client: MPICommandClient, interval: float = 1.0) -> None:
+    """Stop the whole job if the Jupyter process that started it is gone.
+
+    ipykernel's own parent poller cannot see it: under mpiexec the kernel's parent is
+    the launcher's proxy, which outlives a crashed Jupyter server and would leave an
+    orphaned MPI job behind.
+    """
+    parent = int(os.environ.get("JPY_PARENT_PID", "0") or 0)
+    if parent <= 1:
+        return
+
+    def poll() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                log.warning("Jupyter (pid %d) is gone: stopping the MPI job", parent)
+                client.stop_services()
+                os._exit(1)
+            except PermissionError:
+                pass  # it exists, as another user
+
+    threading.Thread(target=poll, name="mpi-kernel-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     """Start the servers' services, then run the kernel until Jupyter shuts it down."""
     client = MPICommandClient()
@@ -56,6 +84,7 @@ def main(argv: list[str]) -> int:
     ranks = ", ".join(f"{r}: pid {s['pid']} on {s['host']}" for r, s in client.get_server_status().items())
     print(f"mpi-kernel: client rank {len(client.servers())} pid {os.getpid()}; servers {ranks}",
           file=sys.__stderr__, flush=True)
+    watch_jupyter(client)
     # Load IPython on the servers now rather than in the user's first %%px cell.
     client.wait(client.execute_cell("None", client.servers()), timeout=60)
     app = IPKernelApp.instance(kernel_class=MPIKernel)

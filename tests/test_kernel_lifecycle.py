@@ -107,3 +107,27 @@ class TestConformance(jupyter_kernel_test.KernelTests):
     supported_history_operations = ("tail", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+
+def test_job_ends_when_jupyter_dies(tmp_path):
+    """A crashed Jupyter server (SIGKILL) must not leave the MPI job running."""
+    import signal
+    import subprocess
+    import sys
+    script = tmp_path / "fake_jupyter.py"
+    script.write_text(
+        "import sys, time\nsys.path.insert(0, %r)\n" % str(tmp_path.parent)
+        + "from jupyter_client.manager import KernelManager\n"
+        f"km = KernelManager(kernel_name={KERNEL_NAME!r})\nkm.start_kernel()\n"
+        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
+        "print(km.provisioner.process.pid, flush=True)\ntime.sleep(120)\n")
+    jupyter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        mpiexec = int(jupyter.stdout.readline())
+        pids = process_tree(mpiexec)
+        assert len(pids) >= 5
+        jupyter.send_signal(signal.SIGKILL)
+        jupyter.wait(timeout=10)
+        assert not wait_gone(pids, 15), "the MPI job outlived Jupyter"
+    finally:
+        jupyter.kill()
