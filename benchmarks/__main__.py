@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import kernel_bench, report
+from . import kernel_bench, peers, report
 
 HERE = Path(__file__).resolve().parent
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
@@ -31,10 +31,31 @@ def run_core(reps: int, idle_seconds: float, ranks: int = 4) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_scaling(reps: int, sizes: list[int]) -> list[dict]:
+    """Fan-out and kernel start at several world sizes (beyond 2 ranks a core: oversubscribed)."""
+    out = []
+    for n in sizes:
+        cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi_kernel", str(HERE / "scaling_job.py"),
+               str(reps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            out.append({"ranks": n, "error": proc.stderr[-2000:]})
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["kernel_start"] = summarize_seconds(kernel_bench.start_time(n, 3))
+        out.append(row)
+    return out
+
+
+def summarize_seconds(samples: list[float]) -> float:
+    return sorted(samples)[len(samples) // 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few repetitions: proves it runs")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
+    parser.add_argument("--no-peers", action="store_true", help="skip ipyparallel and mpi4py.futures")
     args = parser.parse_args(argv)
     reps = 50 if args.quick else 2000
     results = {
@@ -45,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         "core": run_core(reps, 1.0 if args.quick else 5.0),
         "kernel": kernel_bench.run(10 if args.quick else 200),
     }
+    if not (args.quick or args.no_peers):
+        results["peers"] = {"mpi4py_futures": peers.futures(500), "ipyparallel": peers.ipyparallel(500),
+                            "ipyparallel_cell": peers.ipyparallel_cell(100)}
+    results["scaling"] = run_scaling(20 if args.quick else 500, [2, 4] if args.quick else [2, 4, 8, 16])
     rows = report.rows(results)
     results["table"] = rows
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,51 @@ def rows(results: dict) -> list[dict]:
         _row("interrupt of %%px while True (3 servers)", kernel["interrupt_s"], "s", None, "", None,
              "<= 1 s", kernel["interrupt_s"] <= 1.0),
     ]
+    out += peer_rows(results)
+    for row in results.get("scaling", []):
+        if "error" in row:
+            continue
+        n = row["ranks"]
+        note = " (oversubscribed)" if n > (results["machine"]["cores"] or 2) else ""
+        out.append(_row(f"fan-out of 1+1 at {n} ranks{note}", row["fanout"]["median_us"], "us", None, "",
+                        None, "", None))
+        out.append(_row(f"kernel start at {n} ranks{note}", row["kernel_start"], "s", None, "", None,
+                        "<= 1.5 s", row["kernel_start"] <= 1.5))
+    return out
+
+
+def peer_rows(results: dict) -> list[dict]:
+    """Ours against ipyparallel and mpi4py.futures (ratio < 1: mpi-kernel is faster)."""
+    peers = results.get("peers")
+    if not peers:
+        return []
+    core, kernel = results["core"], results["kernel"]
+    out = []
+    ipp, cell, fut = peers["ipyparallel"], peers["ipyparallel_cell"], peers["mpi4py_futures"]
+    if "error" not in ipp:
+        out += [
+            _row("start: mpi-kernel kernel vs ipyparallel 3-engine cluster", kernel["kernel_start_s"], "s",
+                 ipp["cluster_start_s"], "ipyparallel", kernel["kernel_start_s"] / ipp["cluster_start_s"],
+                 "", None),
+            _row("1+1 on one server vs ipyparallel apply_sync", core["roundtrip"]["median_us"], "us",
+                 ipp["apply_one"]["median_us"], "ipyparallel",
+                 core["roundtrip"]["median_us"] / ipp["apply_one"]["median_us"], "", None),
+            _row("1+1 on all servers vs ipyparallel execute(block=True)", core["fanout"]["median_us"], "us",
+                 ipp["execute_all"]["median_us"], "ipyparallel",
+                 core["fanout"]["median_us"] / ipp["execute_all"]["median_us"], "", None),
+        ]
+    if "error" not in cell:
+        ours, theirs = kernel["cell_px"]["median_us"] / 1e3, cell["cell_px"]["median_us"] / 1e3
+        out.append(_row("%%px 1+1 cell vs ipyparallel's %px 1+1 cell", ours, "ms", theirs, "ipyparallel",
+                        ours / theirs, "<= 0.5x", ours <= 0.5 * theirs))
+    if "error" not in fut:
+        out += [
+            _row("1+1 round trip vs mpi4py.futures submit().result()", core["roundtrip"]["median_us"], "us",
+                 fut["submit_result"]["median_us"], "mpi4py.futures",
+                 core["roundtrip"]["median_us"] / fut["submit_result"]["median_us"], "", None),
+            _row("throughput vs mpi4py.futures map (3 workers)", core["throughput_per_s"], "commands/s",
+                 fut["map_per_s"], "mpi4py.futures", core["throughput_per_s"] / fut["map_per_s"], "", None),
+        ]
     return out
 
 
