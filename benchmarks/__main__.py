@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few repetitions: proves it runs")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
     parser.add_argument("--no-peers", action="store_true", help="skip ipyparallel and mpi4py.futures")
+    parser.add_argument("--report", type=Path, help="only redraw the table and plot from a results JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        results = json.loads(args.report.read_text())
+        write(results, args.report.parent, args.report.stem)
+        return 0
     reps = 50 if args.quick else 2000
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -70,16 +75,20 @@ def main(argv: list[str] | None = None) -> int:
         results["peers"] = {"mpi4py_futures": peers.futures(500), "ipyparallel": peers.ipyparallel(500),
                             "ipyparallel_cell": peers.ipyparallel_cell(100)}
     results["scaling"] = run_scaling(20 if args.quick else 500, [2, 4] if args.quick else [2, 4, 8, 16])
+    write(results, args.out, "quick" if args.quick else "latest")
+    return 0
+
+
+def write(results: dict, out: Path, stem: str) -> None:
+    """results/STEM.json, the Markdown table (also printed) and the plot."""
     rows = report.rows(results)
     results["table"] = rows
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if args.quick else "latest"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     table = report.markdown(results, rows)
-    (args.out / f"{stem}.md").write_text(table)
-    report.plot(rows, args.out / f"{stem}.png", results["date"], results["machine"]["cores"])
+    (out / f"{stem}.md").write_text(table)
+    report.plot(rows, out / f"{stem}.png", results["date"], results["machine"]["cores"])
     print(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ class MPICommandClient(Configurable):
                 return
             pending = [i for i in self._requests if i not in self._responses]
             if pending:
-                log.warning("stopping with %d requests unanswered: %s", len(pending), pending)
+                log.warning("stopping with %d requests unanswered (ids %s)", len(pending),
+                            protocol.format_ranks(pending))
             self._state = "stopped"
             for server in self._servers:
                 transport.send(self._comm, (protocol.STOP, self.stop_timeout / 2), server, Tag.CONTROL)
@@ -233,8 +234,7 @@ class MPICommandClient(Configurable):
 
     def wait(self, ids: Iterable[int], timeout: float | None = None) -> bool:
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
-        ids = self._check_ids(ids)
-        return not self._wait_until(lambda: [i for i in ids if i not in self._responses], timeout)
+        return not self._wait_responses(self._check_ids(ids), timeout)
 
     def servers(self) -> list[int]:
         """The server ranks."""
@@ -451,7 +451,8 @@ class MPICommandClient(Configurable):
             self._responses[request_id] = protocol.timeout_response(request, server, self.server_timeout)
 
     # -- internals: waiting --------------------------------------------------------------
-    def _wait_for(self, ids: list[int], timeout: float | None) -> None:
+    def _wait_responses(self, ids: list[int], timeout: float | None) -> list[int]:
+        """Wait for the responses of `ids`; return the ids still without one."""
         remaining = collections.deque(ids)
 
         def pending() -> collections.deque:
@@ -461,11 +462,17 @@ class MPICommandClient(Configurable):
                 remaining.popleft()
             return remaining
 
-        if self._wait_until(pending, timeout):
+        self._wait_until(pending, timeout)
+        with self._lock:
+            return [i for i in remaining if i not in self._responses]
+
+    def _wait_for(self, ids: list[int], timeout: float | None) -> None:
+        """Wait for the responses of `ids`; TimeoutError naming those that did not come."""
+        missing = self._wait_responses(ids, timeout)
+        if missing:
             with self._lock:
                 where = ", ".join(f"{i} (server {self._requests[i]['server']}, "
-                                  f"{self._requests[i]['status']})"
-                                  for i in remaining if i not in self._responses)
+                                  f"{self._requests[i]['status']})" for i in missing)
             raise TimeoutError(f"no response within {timeout:g} s for command request ids {where}")
 
     def _wait_until(self, pending: Callable[[], Any], timeout: float | None) -> Any:
