@@ -188,3 +188,38 @@ def test_interrupt_while_true_on_all_servers(kernel):
     assert reply["content"]["evalue"] == "KeyboardInterrupt on ranks 0-2"
     status, out = run(kc, "%%px\nrank")
     assert status == "ok" and "Out[2:" in text_of(out)
+
+
+def test_monitor_without_ipywidgets_updates_in_place_for_its_own_cell(kc):
+    """The HTML fallback is updated from a thread with the parent header of the cell that
+    created it, not of the cell running at the time (ipykernel 7 routes by parent)."""
+    run(kc, "import sys\n_saved_ipywidgets = sys.modules.get('ipywidgets')\nsys.modules['ipywidgets'] = None")
+    monitor_id = kc.execute("%mpi_monitor")
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == monitor_id and msg["msg_type"] == "status" \
+                and msg["content"]["execution_state"] == "idle":
+            break
+    busy_id = kc.execute("%%px\nimport time\ntime.sleep(1)")
+    updates = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "update_display_data":
+            updates.append((msg["parent_header"].get("msg_id"), msg["content"]["data"]["text/html"]))
+        if msg["parent_header"].get("msg_id") == busy_id and msg["msg_type"] == "status" \
+                and msg["content"]["execution_state"] == "idle":
+            break
+    time.sleep(0.6)  # the view refreshes every 0.25 s: let it show the servers idle again
+    while True:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.5)
+        except Exception:
+            break
+        if msg["msg_type"] == "update_display_data":
+            updates.append((msg["parent_header"].get("msg_id"), msg["content"]["data"]["text/html"]))
+    run(kc, "sys.modules['ipywidgets'] = _saved_ipywidgets")
+    assert updates, "the fallback monitor was never updated"
+    assert {parent for parent, _ in updates} == {monitor_id}
+    assert any('data-state="busy"' in page for _, page in updates)
+    assert 'data-state="busy"' not in updates[-1][1]
