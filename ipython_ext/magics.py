@@ -116,15 +116,16 @@ class MPIMagics(Magics):
         except KeyboardInterrupt:
             # The kernel's interrupt already reached the servers; make sure, then collect.
             self.client.interrupt(self._waiting(ids))
-            self.client.wait(ids, timeout=5)
+            if not self.client.wait(ids, timeout=5):
+                self._drain(ids, live)
+                progress.close()
+                self._finish(ids, "order", None, self._stuck_note(ids))
         finally:
             self._drain(ids, live)
             progress.close()
 
     def _waiting(self, ids: list[int]) -> list[int]:
-        done = {r["id"] for r in self.client.get_command_response(ids, False, False)}
-        requests = self.client.get_command_request_list()
-        return sorted(requests[i]["server"] for i in ids if i not in done and requests[i]["server"] is not None)
+        return sorted(s for s in self.client.unanswered(ids).values() if s is not None)
 
     def _expire(self, ids: list[int], waiting: list[int], timeout: float, hint: str) -> None:
         stacks = self.client.stacks(waiting)
@@ -139,9 +140,18 @@ class MPIMagics(Magics):
                          + (f" ...\n{stacks[rank].rstrip()}" if stacks.get(rank) else ""))
         if hint:
             lines.append(f"Hint: {hint}.")
-        lines.append("The servers were interrupted.")
+        lines.append(self._stuck_note(ids) or "The servers were interrupted.")
         failed = [r for r in self.client.get_command_response(ids, False, False) if not r["successful"]]
         raise show.PxTimeout(failed, "\n".join(lines)) if failed else UsageError("\n".join(lines))
+
+    def _stuck_note(self, ids: list[int]) -> str:
+        """Say which ranks an interrupt did not stop (blocked in C, e.g. an MPI call)."""
+        stuck = self._waiting(ids)
+        if not stuck:
+            return ""
+        return (f"{show.ranks_word(stuck).capitalize()} did not stop: blocked outside Python (an MPI "
+                f"call waiting for a partner?), where an interrupt cannot reach. Work sent there "
+                f"waits until that call returns; restart the kernel to recover.")
 
     def _drain(self, ids: list[int], live: bool) -> None:
         """Show the output events of `ids`; keep displays of other requests for later.
@@ -169,8 +179,9 @@ class MPIMagics(Magics):
         if shown:
             show.flush()
 
-    def _finish(self, ids: list[int], group: str, out: str | None) -> None:
-        """Show results (and grouped output); store --out; raise if any rank failed."""
+    def _finish(self, ids: list[int], group: str, out: str | None, note: str = "") -> None:
+        """Show results (and grouped output); store --out; raise if any rank failed
+        (or, with `note`, if some never answered)."""
         responses = self.client.get_command_response(ids, False, False)
         for request_id in ids:
             for server, data, metadata, *_ in self.deferred.pop(request_id, []):
@@ -189,7 +200,9 @@ class MPIMagics(Magics):
                                        for r in responses if r["successful"]}
         failed = [r for r in responses if not r["successful"]]
         if failed:
-            raise show.RemoteError(failed)
+            raise show.RemoteError(failed, note)
+        if note:
+            raise UsageError(note)
 
     # -- %pxresult, %autopx ---------------------------------------------------------------
     @line_magic

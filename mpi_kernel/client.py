@@ -236,6 +236,11 @@ class MPICommandClient(Configurable):
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
         return not self._wait_responses(self._check_ids(ids), timeout)
 
+    def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
+        """{request id: assigned server (None while queued for any server)} for ids without a response."""
+        with self._lock:
+            return {i: self._requests[i]["server"] for i in ids if i not in self._responses}
+
     def servers(self) -> list[int]:
         """The server ranks."""
         return list(self._servers)

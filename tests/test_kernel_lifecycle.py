@@ -131,3 +131,29 @@ def test_job_ends_when_jupyter_dies(tmp_path):
         assert not wait_gone(pids, 15), "the MPI job outlived Jupyter"
     finally:
         jupyter.kill()
+
+
+def test_rank_stuck_in_a_collective_is_reported_and_shutdown_still_cleans_up():
+    """A server blocked in C (a COMM_WORLD barrier the client never joins) cannot be
+    interrupted: the cell says so, other servers keep working, and shutdown still ends
+    the whole job."""
+    from kernel_helpers import ANSI, text_of
+    km, kc = start_kernel()
+    try:
+        pids = job_pids(km)
+        status, out = run(kc, "%%px --targets 2 --timeout 1\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Barrier()")
+        assert status == "error"
+        message = ANSI.sub("", text_of(out, "stderr") + "".join("\n".join(o.get("traceback", []))
+                                                                for o in out if o["type"] == "error"))
+        assert "still busy: rank 2" in message
+        assert "MPI.COMM_WORLD.Barrier()" in message             # the stack dump shows where
+        assert "use `comm` (the servers' communicator) or `%%px --local`" in message
+        assert "Rank 2 did not stop: blocked outside Python" in message
+        status, out = run(kc, "%%px --targets 0-1\nrank")
+        assert status == "ok" and "Out[1:" in text_of(out)
+    finally:
+        kc.stop_channels()
+        t0 = time.monotonic()
+        km.shutdown_kernel(now=False)
+    assert not wait_gone(pids, 15), "orphans left"
+    assert time.monotonic() - t0 < 10
