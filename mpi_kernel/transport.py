@@ -37,8 +37,9 @@ class Backoff:
     """Hybrid wait, in phases measured from the last activity:
 
     - up to `spin` s: yield-spin (the fastest answer to a quick next message);
-    - up to `warm` s: short `start` sleeps, since more work often follows soon
-      (a notebook sends a cell every few ms when cells run back to back);
+    - up to `warm` s: sleeps from `start` doubling to `warm_cap`, since more work often
+      follows soon (a notebook sends a cell every few ms when cells run back to back);
+      not shorter, as every waking rank takes CPU from the busy ones on 2 cores;
     - then sleeps doubling up to `cap`, and after `idle_after` s up to `idle_cap`:
       each wake-up costs 26-40 us of CPU on these VMs, so 2 ms sleeps alone would
       use 1.3-2% of a core. The first command after a long pause waits up to
@@ -46,8 +47,9 @@ class Backoff:
     """
 
     def __init__(self, spin: float = 1e-3, start: float = 50e-6, warm: float = 0.05,
-                 cap: float = 2e-3, idle_after: float = 1.0, idle_cap: float = 10e-3) -> None:
-        self.spin, self.start, self.warm, self.cap = spin, start, warm, cap
+                 warm_cap: float = 250e-6, cap: float = 2e-3, idle_after: float = 1.0,
+                 idle_cap: float = 10e-3) -> None:
+        self.spin, self.start, self.warm, self.warm_cap, self.cap = spin, start, warm, warm_cap, cap
         self.idle_after, self.idle_cap = idle_after, idle_cap
         self.reset()
 
@@ -71,8 +73,8 @@ class Backoff:
                 os.sched_yield()
             return
         time.sleep(self._delay)
-        if idle > self.warm:
-            self._delay = min(self._delay * 2, self.idle_cap if idle > self.idle_after else self.cap)
+        limit = self.warm_cap if idle < self.warm else self.idle_cap if idle > self.idle_after else self.cap
+        self._delay = min(self._delay * 2, max(limit, self.start))
 
 
 class OutOfBand(tuple):
