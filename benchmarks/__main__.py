@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import kernel_bench, peers, report
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.report.read_text())
         write(results, args.report.parent, args.report.stem)
         return 0
+    started = time.monotonic()
     reps = 50 if args.quick else 2000
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -75,8 +77,23 @@ def main(argv: list[str] | None = None) -> int:
         results["peers"] = {"mpi4py_futures": peers.futures(500), "ipyparallel": peers.ipyparallel(500),
                             "ipyparallel_cell": peers.ipyparallel_cell(100)}
     results["scaling"] = run_scaling(20 if args.quick else 500, [2, 4] if args.quick else [2, 4, 8, 16])
+    results["leftover_processes"] = leftovers(time.monotonic() - started)
     write(results, args.out, "quick" if args.quick else "latest")
+    if results["leftover_processes"]:
+        print("WARNING: processes left behind:\n" + "\n".join(results["leftover_processes"]), file=sys.stderr)
+        return 1
     return 0
+
+
+def leftovers(seconds: float) -> list[str]:
+    """Processes of the kinds the benchmark starts, younger than the run, still running."""
+    time.sleep(1.0)  # launchers tear jobs down in 0.1-0.4 s
+    markers = ("core_job.py", "scaling_job.py", "mpi_kernel -f", "ipyparallel", "ipengine",
+               "ipcontroller", "mpi4py.futures")
+    out = subprocess.run(["ps", "-eo", "etimes=,pid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    return [f"{pid} {args}" for age, pid, args in (r for r in rows if len(r) == 3)
+            if int(age) <= seconds + 1 and any(m in args for m in markers)]
 
 
 def write(results: dict, out: Path, stem: str) -> None:
