@@ -182,47 +182,57 @@ class DeferredSigint:
     A KeyboardInterrupt between a header and its DATA parts, or between taking a
     response and recording it, would lose or corrupt a message. A signal mask does
     not help (CPython runs Python handlers in the main thread whichever thread the
-    signal hit), so the SIGINT handler is swapped for one that only records the
-    signal. `check()` (called by wait loops where state is consistent) and the end
-    of the block run the original handler, which raises KeyboardInterrupt.
-    Nested blocks are free: only the outermost one swaps handlers.
+    signal hit). Instead a SIGINT handler of ours wraps whatever handler was set
+    (ipykernel's, the default one): it defers the signal while a block is active and
+    otherwise calls the wrapped one. It stays installed, so a block costs a flag and
+    a handler lookup; it is re-installed only when someone replaced it.
+    `check()` (called by wait loops where state is consistent) and the end of the
+    block run the wrapped handler for a deferred signal, raising KeyboardInterrupt.
     """
 
-    __slots__ = ("_owner", "_original")
-    _active = False          # only the main thread ever sets these
-    _caught: list[Any] = []
+    __slots__ = ("_owner",)
 
     def __enter__(self) -> "DeferredSigint":
-        self._owner = not DeferredSigint._active and threading.get_ident() == _MAIN
+        global _wrapped, _deferring
+        self._owner = not _deferring and threading.get_ident() == _MAIN
         if self._owner:
-            # _signal.signal skips the enum conversions of signal.signal (7 us -> 0.5 us)
-            self._original = _signal.signal(signal.SIGINT, _record_sigint)
-            DeferredSigint._active = True
+            current = _signal.getsignal(signal.SIGINT)
+            if current is not _on_sigint:
+                _wrapped = current
+                _signal.signal(signal.SIGINT, _on_sigint)
+            _deferring = True
         return self
 
     def check(self) -> None:
         """Raise the deferred KeyboardInterrupt now, if one came."""
-        if self._owner and DeferredSigint._caught:
-            self._restore()
+        if self._owner and _caught:
+            self.__exit__()
 
     def __exit__(self, *exc: Any) -> None:
+        global _deferring
         if self._owner:
-            self._restore()
-
-    def _restore(self) -> None:
-        _signal.signal(signal.SIGINT, self._original)
-        DeferredSigint._active = self._owner = False
-        if DeferredSigint._caught:
-            frame = DeferredSigint._caught[0]
-            DeferredSigint._caught = []
-            if callable(self._original):
-                self._original(signal.SIGINT, frame)
-            elif self._original == signal.SIG_DFL:
-                raise KeyboardInterrupt
+            _deferring = self._owner = False
+            if _caught:
+                frame = _caught.pop()
+                _caught.clear()
+                _call_handler(_wrapped, frame)
 
 
 _MAIN = threading.main_thread().ident
+_deferring = False       # only the main thread changes these
+_caught: list[Any] = []
+_wrapped: Any = signal.SIG_DFL
 
 
-def _record_sigint(signum: int, frame: Any) -> None:
-    DeferredSigint._caught.append(frame)
+def _on_sigint(signum: int, frame: Any) -> None:
+    if _deferring:
+        _caught.append(frame)
+    else:
+        _call_handler(_wrapped, frame)
+
+
+def _call_handler(handler: Any, frame: Any) -> None:
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
