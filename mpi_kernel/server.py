@@ -70,7 +70,6 @@ class MPICommandServer:
             "MPI": transport.MPI,
         }
         self._current: tuple[int, str, float] | None = None  # (id, command, start time)
-        self._lock = threading.Lock()
         self._armed = False  # True only while user code runs: SIGINT may raise then
         self._serving = False
         self._main = threading.main_thread().ident
