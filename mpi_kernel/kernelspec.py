@@ -84,7 +84,7 @@ def _ranks(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpi_kernel install",
+    parser = argparse.ArgumentParser(prog="python -m mpi_kernel install", allow_abbrev=False,
                                      description="Install the MPI kernelspec for Jupyter.")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for this user only")
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mpiexec", default=None,
                         help="launcher, e.g. srun (default: the mpiexec of this environment)")
     parser.add_argument("--mpiexec-args", default="",
-                        help='extra launcher arguments, e.g. "-f hostfile"')
+                        help='extra launcher arguments, e.g. "-f hostfile"; write '
+                             '--mpiexec-args="--mpi=pmix" when they start with a dash')
     parser.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
                         help="environment variable for the kernel (repeatable)")
     args = parser.parse_args(argv)

@@ -223,3 +223,14 @@ def test_monitor_without_ipywidgets_updates_in_place_for_its_own_cell(kc):
     assert {parent for parent, _ in updates} == {monitor_id}
     assert any('data-state="busy"' in page for _, page in updates)
     assert 'data-state="busy"' not in updates[-1][1]
+
+
+def test_group_outputs_by_rank_and_blocking_out(kc):
+    status, out = run(kc, "%%px --group-outputs rank --out squares\nimport time\n"
+                          "for i in range(2):\n    print(f'r{rank} line {i}', flush=True)\n    time.sleep(0.05 * (3 - rank))\n"
+                          "rank ** 2")
+    assert status == "ok"
+    lines = [line for line in text_of(out).splitlines() if line.startswith("[stdout:")]
+    assert lines == [f"[stdout:{r}] r{r} line {i}" for r in range(3) for i in range(2)]  # grouped, rank order
+    status, out = run(kc, "squares")
+    assert out[-1]["data"]["text/plain"] == "{0: 0, 1: 1, 2: 4}"

@@ -1,0 +1,38 @@
+"""The kernelspec installer (no MPI is started)."""
+import json
+import subprocess
+import sys
+
+
+def install(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mpi_kernel", "install", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_site_launcher_options(tmp_path):
+    proc = install("--prefix", str(tmp_path), "--name", "mpi-slurm", "--mpiexec", "srun", "--ranks", "16",
+                   "--mpiexec-args=--mpi=pmix -p debug", "--env", "OMP_NUM_THREADS=1",
+                   "--env", "A=b=c", "--display-name", "MPI on Slurm")
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((tmp_path / "share/jupyter/kernels/mpi-slurm/kernel.json").read_text())
+    assert spec["argv"] == ["srun", "--mpi=pmix", "-p", "debug", "-n", "16", sys.executable, "-m",
+                            "mpi_kernel", "-f", "{connection_file}"]
+    assert spec["env"] == {"OMP_NUM_THREADS": "1", "A": "b=c"}
+    assert spec["display_name"] == "MPI on Slurm"
+    assert spec["interrupt_mode"] == "message"
+
+
+def test_bad_install_arguments_say_what_is_wrong(tmp_path):
+    cases = [
+        (["--ranks", "1"], "--ranks must be at least 2 (1 client + 1 server), got 1"),
+        (["--ranks", "four"], "--ranks takes a whole number, got 'four'"),
+        (["--env", "NOEQUALS"], "--env takes KEY=VALUE, got 'NOEQUALS'"),
+        (["--mpiexec", str(tmp_path / "missing" / "mpiexec")], "is not an executable file"),
+        (["--name", "bad name!"], "kernel name 'bad name!' may only hold letters"),
+        (["--user", "--sys-prefix"], "not allowed with argument"),
+    ]
+    for args, message in cases:
+        proc = install("--prefix", str(tmp_path), *args) if "--user" not in args else install(*args)
+        assert proc.returncode != 0, args
+        assert message in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "share").exists()  # nothing was written
