@@ -35,6 +35,12 @@ class MPIEnvironment:
     size: int
     host: str
     library: str
+    local_size: int       # ranks on this host
+
+    @property
+    def oversubscribed(self) -> bool:
+        """More ranks on this host than cores: spinning ranks would starve each other."""
+        return self.local_size > len(os.sched_getaffinity(0))
 
     @property
     def client_rank(self) -> int:
@@ -96,7 +102,11 @@ def launch() -> MPIEnvironment:
     framework = world.Dup()
     framework.Set_name("mpi_kernel.framework")
     servers = world.Split(MPI.UNDEFINED if rank == size - 1 else 0, rank)
-    _current = MPIEnvironment(world, framework, servers, rank, size, socket.gethostname(), library)
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    local_size = node.Get_size()
+    node.Free()
+    _current = MPIEnvironment(world, framework, servers, rank, size, socket.gethostname(), library,
+                              local_size)
     return _current
 
 

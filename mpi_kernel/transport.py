@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - numpy is optional
 class Backoff:
     """Hybrid wait, in phases measured from the last activity:
 
+    - up to `hot` s: busy-poll `probe` without yielding (only where ranks have a core each);
     - up to `spin` s: yield-spin (the fastest answer to a quick next message);
     - up to `warm` s: sleeps from `start` doubling to `warm_cap`, since more work often
       follows soon (a notebook sends a cell every few ms when cells run back to back);
@@ -48,8 +49,9 @@ class Backoff:
 
     def __init__(self, spin: float = 1e-3, start: float = 50e-6, warm: float = 0.05,
                  warm_cap: float = 250e-6, cap: float = 2e-3, idle_after: float = 1.0,
-                 idle_cap: float = 10e-3) -> None:
+                 idle_cap: float = 10e-3, hot: float = 0.0) -> None:
         self.spin, self.start, self.warm, self.warm_cap, self.cap = spin, start, warm, warm_cap, cap
+        self.hot = hot
         self.idle_after, self.idle_cap = idle_after, idle_cap
         self.reset()
 
@@ -69,8 +71,13 @@ class Backoff:
                 os.sched_yield()
                 return
             end = self._since + self.spin
-            while not probe() and time.monotonic() < end:
-                os.sched_yield()
+            hot = self._since + self.hot
+            while not probe():
+                now = time.monotonic()
+                if now > end:
+                    return
+                if now > hot:
+                    os.sched_yield()
             return
         time.sleep(self._delay)
         limit = self.warm_cap if idle < self.warm else self.idle_cap if idle > self.idle_after else self.cap
