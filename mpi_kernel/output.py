@@ -99,5 +99,9 @@ class RemoteStream(io.TextIOBase):
             self._capture.write(self.name, text)
         return len(text)
 
+    def flush(self) -> None:
+        """print(..., flush=True) sends what is pending now."""
+        self._capture.flush()
+
     def isatty(self) -> bool:
         return False
