@@ -38,9 +38,14 @@ class MPIEnvironment:
     local_size: int       # ranks on this host
 
     @property
+    def cores(self) -> int:
+        """Cores this process may run on."""
+        return len(os.sched_getaffinity(0))
+
+    @property
     def oversubscribed(self) -> bool:
         """More ranks on this host than cores: spinning ranks would starve each other."""
-        return self.local_size > len(os.sched_getaffinity(0))
+        return self.local_size > self.cores
 
     @property
     def client_rank(self) -> int:
