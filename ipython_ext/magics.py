@@ -98,8 +98,11 @@ class MPIMagics(Magics):
         if args.local:
             self.shell.run_cell(source, store_history=False)
         hint = COLLECTIVE_HINT if "COMM_WORLD" in source and not args.local else ""
-        self._wait(ids, args.timeout, args.group_outputs == "order", hint)
-        self._finish(ids, args.group_outputs, args.out)
+        try:
+            self._wait(ids, args.timeout, args.group_outputs == "order", hint)
+            self._finish(ids, args.group_outputs, args.out)
+        finally:
+            self.client.forget(ids)
 
     def _wait(self, ids: list[int], timeout: float | None, live: bool, hint: str) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
@@ -215,7 +218,10 @@ class MPIMagics(Magics):
         ids, want_value = self.pending[name]
         self._wait(ids, None, True, "")
         del self.pending[name]
-        self._finish(ids, "rank", name if want_value else None)
+        try:
+            self._finish(ids, "rank", name if want_value else None)
+        finally:
+            self.client.forget(ids)
 
     @line_magic
     def autopx(self, line: str) -> None:

@@ -237,6 +237,15 @@ class MPICommandClient(Configurable):
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
         return not self._wait_responses(self._check_ids(ids), timeout)
 
+    def forget(self, ids: Iterable[int]) -> None:
+        """Drop the records of answered requests (the guide keeps every one for the life of
+        the client; the magics forget theirs once shown, so long sessions do not grow)."""
+        with self._lock:
+            for i in ids:
+                if i in self._responses:
+                    del self._responses[i]
+                    self._requests.pop(i, None)
+
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{request id: assigned server (None while queued for any server)} for ids without a response."""
         with self._lock:
@@ -394,9 +403,12 @@ class MPICommandClient(Configurable):
 
     def _on_response(self, server: int, reply: tuple) -> None:
         request_id = reply[0]
-        request = self._requests[request_id]
         if self._inflight[server] == request_id:
             self._inflight[server] = None
+        request = self._requests.get(request_id)
+        if request is None:  # forgotten after a timeout response; the server is free again
+            log.info("late response to forgotten request %d from server %d dropped", request_id, server)
+            return
         response = protocol.response_from_reply(request, server, reply)
         request["status"] = protocol.RESPONSE_RECEIVED
         self._responses[request_id] = response

@@ -234,3 +234,12 @@ def test_group_outputs_by_rank_and_blocking_out(kc):
     assert lines == [f"[stdout:{r}] r{r} line {i}" for r in range(3) for i in range(2)]  # grouped, rank order
     status, out = run(kc, "squares")
     assert out[-1]["data"]["text/plain"] == "{0: 0, 1: 1, 2: 4}"
+
+
+def test_px_cells_do_not_grow_the_client_history(kc):
+    run(kc, "from mpi_kernel import MPICommandClient\n_c = MPICommandClient()\n_before = len(_c.get_command_request_list())")
+    for _ in range(5):
+        run(kc, "%%px\nrank")
+    run(kc, "%%px\n1/0")
+    status, out = run(kc, "len(_c.get_command_request_list()) - _before, len(_c.get_command_response_list())")
+    assert out[-1]["data"]["text/plain"].startswith("(0, ")

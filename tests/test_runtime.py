@@ -239,3 +239,25 @@ def test_idle_ranks_do_not_spin(tmp_path):
             proc.kill()
     print("idle CPU per rank:", used)
     assert all(u <= 0.02 for u in used), f"CPU per rank over 5 s: {used}"
+
+
+def test_late_response_to_a_forgotten_request_is_dropped(job):
+    out = job(r"""
+        import json
+        c = MPICommandClient(ping_interval=0.1, server_timeout=0.5)
+        c.start_services()
+        pid = c.get_server_status(0)["pid"]
+        ids = c.push_command_request("__import__('time').sleep(0.3) or 'late'", False, 0)
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGSTOP)
+        first = c.get_command_response(ids, True, timeout=10)[0]["status"]
+        c.forget(ids)
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while c.get_server_status(0)["state"] != "idle":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        after = c.push_command_request("'next'", True, 0)[0]["ret"]
+        print(json.dumps([first, ids[0] in c.get_command_request_list(), after]))
+    """, timeout=60)
+    assert last_json(out) == ["timeout", False, "next"]
