@@ -85,9 +85,12 @@ def main(argv: list[str]) -> int:
     print(f"mpi-kernel: client rank {len(client.servers())} pid {os.getpid()}; servers {ranks}",
           file=sys.__stderr__, flush=True)
     watch_jupyter(client)
-    # Load IPython on the servers now rather than in the user's first %%px cell.
-    client.wait(client.execute_cell("None", client.servers()), timeout=60)
+    # Load IPython on the servers now rather than in the user's first %%px cell, while
+    # the client sets up its own kernel; done before the kernel says it is ready.
+    warm_up = client.execute_cell("None", client.servers())
     app = IPKernelApp.instance(kernel_class=MPIKernel)
     app.initialize(argv)
+    client.wait(warm_up, timeout=60)
+    client.forget(warm_up)
     app.start()
     return 0
