@@ -2,6 +2,7 @@
 Out[rank:n] results and the progress line. (The live monitor is in monitor.py.)"""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from IPython.display import display
 
 from mpi_kernel.protocol import format_ranks
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RED, GREEN, CYAN, RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[39m"
 
 
@@ -57,8 +59,7 @@ def merge_errors(failed: list[dict]) -> list[tuple[list[int], str]]:
 
 def error_name(traceback_text: str) -> str:
     """The exception's name, from the last line of a (possibly colored) traceback."""
-    import re
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", traceback_text).strip()
+    plain = ANSI.sub("", traceback_text).strip()
     last = plain.splitlines()[-1] if plain else "Error"
     return last.split(":", 1)[0].strip() or "Error"
 

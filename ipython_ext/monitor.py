@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import threading
-import time
 import uuid
 from typing import Any, Callable
 

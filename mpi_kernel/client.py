@@ -107,8 +107,7 @@ class MPICommandClient(Configurable):
             log.info("MPI enabled at host %s with rank %d as MPIClient using %s", self._env.host,
                      self._env.rank, self._env.library)
             for server in self._servers:
-                transport.send(self._comm, (protocol.START, {"log_level": self.log_level}),
-                               server, Tag.CONTROL)
+                self._control(server, protocol.START, {"log_level": self.log_level})
         missing = self._wait_until(lambda: set(self._servers) - self._hello, self.start_timeout)
         if missing:
             raise RuntimeError(
@@ -132,7 +131,7 @@ class MPICommandClient(Configurable):
                             protocol.format_ranks(pending))
             self._state = "stopped"
             for server in self._servers:
-                transport.send(self._comm, (protocol.STOP, self.stop_timeout / 2), server, Tag.CONTROL)
+                self._control(server, protocol.STOP, self.stop_timeout / 2)
         missing = self._wait_until(lambda: set(self._servers) - self._stopped, self.stop_timeout)
         self._halt.set()
         if self._service is not None and self._service is not threading.current_thread():
@@ -260,7 +259,7 @@ class MPICommandClient(Configurable):
         with self._lock:
             for rank in ranks:
                 self._stacks.pop(rank, None)
-                transport.send(self._comm, (protocol.STACK, None), rank, Tag.CONTROL)
+                self._control(rank, protocol.STACK, None)
         self._wait_until(lambda: [r for r in ranks if r not in self._stacks], timeout)
         with self._lock:
             return {r: self._stacks[r] for r in ranks if r in self._stacks}
@@ -303,10 +302,14 @@ class MPICommandClient(Configurable):
             ranks = self._servers if targets is None else protocol.check_targets(targets, self._servers)
             busy = [s for s in ranks if self._inflight[s] is not None]
             for server in busy:
-                transport.send(self._comm, (protocol.INTERRUPT, self._inflight[server]), server, Tag.CONTROL)
+                self._control(server, protocol.INTERRUPT, self._inflight[server])
         return busy
 
     # -- internals: queueing ---------------------------------------------------------------
+    def _control(self, server: int, kind: str, arg: Any) -> None:
+        """A message for the server's monitor thread (the mirror of MPICommandServer.send_event)."""
+        transport.send(self._comm, (kind, arg), server, Tag.CONTROL)
+
     def _require_running(self) -> None:
         if self._state == "created":
             raise RuntimeError("the client services are not started: call start_services() first")
@@ -451,7 +454,7 @@ class MPICommandClient(Configurable):
 
     def _run_monitor(self, now: float) -> None:
         for server in self._monitor.due(now):
-            transport.send(self._comm, (protocol.PING, None), server, Tag.CONTROL)
+            self._control(server, protocol.PING, None)
             self._monitor.pinged(server, now)
         for server in self._monitor.expired(now):
             self._on_timeout(server)

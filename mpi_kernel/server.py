@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from . import environment, logs, protocol, transport
 from .monitor import MonitorServer, pthread_interrupt

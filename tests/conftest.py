@@ -1,6 +1,7 @@
 """Helpers for tests that run a real `mpiexec` job in a subprocess, always with a timeout."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def run_job(tmp_path: Path, body: str, n: int = 4, timeout: float = 60, args: li
         subprocess.run(["pkill", "-9", "-f", str(script)])
         pytest.fail("processes left behind after the job:\n" + "\n".join(left))
     return proc
+
+
+def last_json(out: str):
+    """The JSON a job script printed on its last line."""
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> str:

@@ -1,13 +1,9 @@
 """Behaviour of MPICommandClient on real 4-rank jobs (each with a timeout)."""
-import json
 import subprocess
 import sys
 
-from conftest import MPIEXEC, run_job
+from conftest import MPIEXEC, last_json, run_job
 
-
-def last_json(out: str):
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_persistent_namespace_parameters_and_comm(job):

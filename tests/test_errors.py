@@ -1,9 +1,5 @@
 """Bad input gets a clear error and loses nothing (real 4-rank jobs)."""
-import json
-
-
-def last_json(out: str):
-    return json.loads(out.strip().splitlines()[-1])
+from conftest import last_json
 
 
 def test_bad_input_errors_keep_queued_work(job):

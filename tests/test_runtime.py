@@ -1,15 +1,11 @@
 """Output, logging, variables, interrupts, load, monitor timeouts and idle CPU (real jobs)."""
-import json
 import os
 import subprocess
 import sys
 import time
 
-from conftest import MPIEXEC
+from conftest import MPIEXEC, last_json
 
-
-def last_json(out: str):
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_output_is_captured_and_streamed_live(job):

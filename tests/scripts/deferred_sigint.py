@@ -1,5 +1,5 @@
 """Checks of transport.DeferredSigint, run in a subprocess by test_transport.py."""
-import os, signal, time, threading
+import os, signal, time
 from mpi_kernel import transport
 # 1. deferred inside the block, raised at exit
 try:
