@@ -10,6 +10,8 @@ def test_benchmarks_quick_run_writes_results(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "quick.json").read_text())
     assert {"core", "kernel", "table", "machine"} <= set(results)
-    assert all(r["ours"] > 0 for r in results["table"])
+    # Every figure is measured; only CPU use may honestly be 0 (a quick run idles for under a second).
+    for row in results["table"]:
+        assert row["ours"] >= 0 if row["unit"].startswith("%") else row["ours"] > 0, row
     assert (tmp_path / "quick.png").stat().st_size > 1000
     assert "| eval round trip, 1 server |" in proc.stdout
