@@ -387,7 +387,12 @@ class MPICommandClient(Configurable):
         while (msg := self._comm.improbe(transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG, status)):
             got_any = True
             source, tag = status.Get_source(), status.Get_tag()
-            message = transport.receive(self._comm, msg, status)
+            try:
+                message = transport.receive(self._comm, msg, status)
+            except transport.DecodeError as exc:
+                message = self._undecodable(source, tag, exc)
+            if message is None:
+                continue
             if tag == Tag.RESPONSE:
                 self._on_response(source, message)
             elif tag == Tag.EVENT:
@@ -404,8 +409,20 @@ class MPICommandClient(Configurable):
             self._run_monitor(now)
         return got_any
 
+    def _undecodable(self, server: int, tag: int, exc: transport.DecodeError) -> tuple | None:
+        """A failed reply in place of a response the client cannot unpickle; events are dropped."""
+        if tag != Tag.RESPONSE:
+            log.error("a message from rank %d could not be unpickled and was dropped: %s", server, exc)
+            return None
+        text = (f"DecodeError: the result from server {server} could not be unpickled on the client: "
+                f"{exc}. Import the module that defines it in the client (the notebook), or keep the "
+                f"value on the server.\n")
+        return protocol.make_reply(None, traceback=text)
+
     def _on_response(self, server: int, reply: tuple) -> None:
-        request_id = reply[0]
+        # A reply without an id answers the request the server was running (see _undecodable
+        # and MPICommandServer._refuse): each server has at most one in flight.
+        request_id = self._inflight[server] if reply[0] is None else reply[0]
         if self._inflight[server] == request_id:
             self._inflight[server] = None
         request = self._requests.get(request_id)

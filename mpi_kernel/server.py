@@ -135,7 +135,12 @@ class MPICommandServer:
                 if msg is None:
                     backoff.wait(probe)
                     continue
-                self.handle(transport.receive(comm, msg, status))
+                try:
+                    request = transport.receive(comm, msg, status)
+                except transport.DecodeError as exc:
+                    self._refuse(exc)
+                else:
+                    self.handle(request)
                 backoff.reset()
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
@@ -158,6 +163,15 @@ class MPICommandServer:
                     f"value.\n")
             encoded = transport.encode(protocol.make_reply(request_id, None, False, text, *reply[4:]))
         transport.send_encoded(self.env.framework, encoded, self.env.client_rank, Tag.RESPONSE)
+
+    def _refuse(self, exc: transport.DecodeError) -> None:
+        """Answer a request that cannot be unpickled here. Its id is inside it, so the
+        reply carries None: the client knows which request this server is running."""
+        text = (f"DecodeError: the request could not be unpickled on server {self.env.rank}: {exc}. "
+                f"Values sent to the servers must be importable there (the same modules, "
+                f"installed in the same environment).\n")
+        transport.send(self.env.framework, protocol.make_reply(None, traceback=text),
+                       self.env.client_rank, Tag.RESPONSE)
 
     def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> tuple:
         return self._run(request_id, command, mode, params, None)

@@ -8,7 +8,9 @@ be interrupted and given timeouts.
 
 Messages are pickled with protocol 5. Large contiguous buffers (NumPy arrays)
 travel out of band as raw MPI messages tagged DATA right after their header,
-so a 100 MB array is not copied into a pickle.
+so a 100 MB array is not copied into a pickle. Values that standard pickle
+sends by reference to `__main__` (functions, lambdas and classes defined in a
+notebook or script), or cannot send at all, are pickled by value with cloudpickle.
 """
 from __future__ import annotations
 
@@ -80,6 +82,10 @@ class Backoff:
         self._delay = min(self._delay * 2, max(limit, self.start))
 
 
+class DecodeError(Exception):
+    """A message arrived (and was consumed) but could not be unpickled here."""
+
+
 class OutOfBand(tuple):
     """Header of a message whose large buffers follow as DATA messages: (count, pickle)."""
 
@@ -94,7 +100,19 @@ def encode(obj: Any) -> tuple[bytes, list[memoryview]]:
     for an unpicklable value) before anything is sent, so callers can report it.
     """
     buffers: list[memoryview] = []
+    data = _dumps(obj, buffers)
+    if buffers:
+        data = pickle.dumps(OutOfBand((len(buffers), data)), protocol=5)
+    return data, buffers
 
+
+def _dumps(obj: Any, buffers: list[memoryview]) -> bytes:
+    """Pickle with the C pickler, large buffers into `buffers`; fall back to cloudpickle.
+
+    The other side's `__main__` is not ours (a server's is mpi_kernel's), so a
+    reference to it cannot be resolved there. The byte test costs ~50 ns on the
+    hot path; a false hit (a string "__main__") only costs a slower pickle.
+    """
     def keep_large(buf: pickle.PickleBuffer) -> bool:
         try:
             raw = buf.raw()
@@ -105,10 +123,16 @@ def encode(obj: Any) -> tuple[bytes, list[memoryview]]:
         buffers.append(raw)
         return False
 
-    data = pickle.dumps(obj, protocol=5, buffer_callback=keep_large)
-    if buffers:
-        data = pickle.dumps(OutOfBand((len(buffers), data)), protocol=5)
-    return data, buffers
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+        if b"__main__" not in data:
+            return data
+    except (pickle.PicklingError, AttributeError, TypeError):  # a lambda, a local function...
+        pass
+    import cloudpickle  # here, not at start-up: most sessions never need it
+
+    buffers.clear()
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
 
 
 def send_encoded(comm: MPI.Comm, encoded: tuple[bytes, list[memoryview]], dest: int, tag: int,
@@ -161,8 +185,15 @@ def _empty(nbytes: int) -> Any:
 
 
 def receive(comm: MPI.Comm, msg: MPI.Message, status: MPI.Status) -> Any:
-    """Receive a matched message (and its out-of-band parts, if any); unpickle."""
-    obj = msg.recv()
+    """Receive a matched message (and its out-of-band parts, if any); unpickle.
+
+    Raises DecodeError, with the message fully consumed, when unpickling fails (a
+    module or class missing on this side), so the caller can answer and go on.
+    """
+    try:
+        obj = msg.recv()
+    except Exception as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
     if type(obj) is not OutOfBand:
         return obj
     count, data = obj
@@ -174,7 +205,10 @@ def receive(comm: MPI.Comm, msg: MPI.Message, status: MPI.Status) -> Any:
         buf = _empty(part_status.Get_count(MPI.BYTE))
         part.Recv([buf, MPI.BYTE])
         buffers.append(buf)
-    return pickle.loads(data, buffers=buffers)
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except Exception as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def try_receive(comm: MPI.Comm, source: int, tag: int, status: MPI.Status) -> tuple[bool, Any]:

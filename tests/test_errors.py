@@ -23,7 +23,8 @@ def test_bad_input_errors_keep_queued_work(job):
         attempt("syntax", lambda: c.push_command_request("1 +* 2", True))
         attempt("unknown id", lambda: c.get_command_response([9999], True))
         attempt("bad parameters", lambda: c.push_command_request("a", True, 0, ["a"]))
-        attempt("unpicklable parameter", lambda: c.push_command_request("f", True, 0, {"f": lambda: 1}))
+        attempt("unpicklable parameter",
+                lambda: c.push_command_request("f", True, 0, {"f": __import__("threading").Lock()}))
         attempt("push not dict", lambda: c.push([1, 2]))
         attempt("pull bad name", lambda: c.pull("1x"))
         attempt("pull missing", lambda: c.pull("not_there", 1))
@@ -83,3 +84,55 @@ def test_base_exceptions_and_unpicklable_results(job):
     assert "(a generator) cannot be sent to the client" in res["gen"][1]
     assert "(a lock) cannot be sent" in res["lock"][1]
     assert res["alive"] == "still serving"
+
+
+def test_script_definitions_travel_by_value(job):
+    """Functions, lambdas and classes defined on one side work on the other (cloudpickle)."""
+    out = job(r"""
+        import json
+        c = MPICommandClient()
+        c.start_services()
+        def square(x):
+            return x * x
+        class Point:
+            def __init__(self, x):
+                self.x = x
+        c.push({"square": square, "inc": lambda y: y + 1, "p": Point(3)})
+        on_servers = [r["ret"] for r in c.push_command_request("square(4) + inc(1) + p.x", True, [0, 1, 2])]
+        c.push_command_request("class Q:\n    def __init__(self): self.v = rank\ndef g(): return 10", True, [1])
+        q = c.pull("Q", [1])[1]()
+        pulled = [c.pull("g", [1])[1](), c.push_command_request("Q()", True, [1])[0]["ret"].v, q.v]
+        print(json.dumps([on_servers, pulled]))
+    """)
+    assert last_json(out) == [[21, 21, 21], [10, 1, 1]]
+
+
+def test_values_that_cannot_be_unpickled_on_the_other_side(job, tmp_path):
+    """A module present on one side only: a clear failed response, the server keeps serving,
+    and the request queued behind it still runs."""
+    for side in ("client", "server"):
+        (tmp_path / f"{side}_only").mkdir()
+        (tmp_path / f"{side}_only" / f"{side}_mod.py").write_text("class Thing:\n    pass\n")
+    out = job(r"""
+        import json, sys
+        sys.path.insert(0, "client_only")
+        import client_mod
+        c = MPICommandClient()
+        c.start_services()
+        first = c.push_command_request("t", False, 0, {"t": client_mod.Thing()})
+        queued = c.push_command_request("1+1", False, 0)
+        sent, after = c.get_command_response(first + queued, True)
+        c.push_command_request("import sys; sys.path.insert(0, 'server_only'); import server_mod", True, 0)
+        back = c.push_command_request("server_mod.Thing()", True, 0)[0]
+        last = c.push_command_request("'serving'", True, 0)[0]["ret"]
+        print(json.dumps([[sent["successful"], sent["traceback"]], after["ret"],
+                          [back["successful"], back["traceback"]], last]))
+    """)
+    sent, after, back, last = last_json(out)
+    assert sent[0] is False and sent[1].startswith(
+        "DecodeError: the request could not be unpickled on server 0: "
+        "ModuleNotFoundError: No module named 'client_mod'")
+    assert back[0] is False and back[1].startswith(
+        "DecodeError: the result from server 0 could not be unpickled on the client: "
+        "ModuleNotFoundError: No module named 'server_mod'")
+    assert after == 2 and last == "serving"

@@ -132,6 +132,14 @@ def test_push_and_pull_line_and_cell_forms(kc):
     assert "]: 3.14" in text_of(out)
 
 
+def test_push_functions_and_classes_defined_in_the_notebook(kc):
+    status, out = run(kc, "%%mpi_push\nclass Scaled:\n    def __init__(self, k): self.k = k\n"
+                          "def scale(x): return Scaled(3).k * x")
+    assert status == "ok" and "pushed Scaled, scale to ranks 0-2" in text_of(out)
+    status, out = run(kc, "%%px\nscale(rank)")
+    assert status == "ok" and [line.split(": ")[-1] for line in text_of(out).splitlines()] == ["0", "3", "6"]
+
+
 def test_mpi_status_table(kc):
     status, out = run(kc, "%mpi_status")
     lines = text_of(out).splitlines()
