@@ -1,25 +1,20 @@
 """Kernel measurements through jupyter_client: start, cells, interrupt, restart, shutdown."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
+from mpi_kernel.kernelspec import install_for_session
+
 from .stats import summarize
 
 
 def install(prefix: Path, ranks: int) -> str:
     name = f"mpi-bench-{ranks}"
-    subprocess.run([sys.executable, "-m", "mpi_kernel", "install", "--prefix", str(prefix), "--name",
-                    name, "--ranks", str(ranks)], check=True, capture_output=True, timeout=60)
-    share = str(prefix / "share" / "jupyter")
-    if share not in os.environ.get("JUPYTER_PATH", ""):
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [share, os.environ.get("JUPYTER_PATH")]))
+    install_for_session(prefix, name, ranks)
     return name
 
 

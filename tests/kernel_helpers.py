@@ -1,28 +1,23 @@
 """Start the real MPI kernel, installed into a temporary prefix, through jupyter_client."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import KernelManager
 
+from mpi_kernel.kernelspec import install_for_session
+
 KERNEL_NAME = "mpi-test"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def install_kernelspec(prefix: Path, ranks: int = 4, name: str = KERNEL_NAME) -> Path:
-    """Install with the real CLI and make Jupyter find it (JUPYTER_PATH)."""
-    subprocess.run([sys.executable, "-m", "mpi_kernel", "install", "--prefix", str(prefix),
-                    "--name", name, "--ranks", str(ranks)], check=True, capture_output=True, timeout=60)
-    share = prefix / "share" / "jupyter"
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(
-        [str(share), *[p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]])
-    return share / "kernels" / name
+    """Install into a temporary prefix that Jupyter finds (the CLI itself is tested in test_kernelspec)."""
+    return install_for_session(prefix, name, ranks)
 
 
 def start_kernel(name: str = KERNEL_NAME) -> tuple[KernelManager, Any]:
