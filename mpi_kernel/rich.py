@@ -20,9 +20,13 @@ _BACKEND = "module://matplotlib_inline.backend_inline"
 _PLAIN = {int, float, complex, bool, str, bytes}
 
 
+def source_hash(source: str) -> str:
+    """The same on every rank for the same source, so identical errors merge."""
+    return hashlib.sha1(source.encode()).hexdigest()[:8]
+
+
 def cell_filename(source: str) -> str:
-    """The same on every rank for the same cell, so identical errors merge."""
-    return f"<px-cell-{hashlib.sha1(source.encode()).hexdigest()[:8]}>"
+    return f"<px-cell-{source_hash(source)}>"
 
 
 class _Publisher:

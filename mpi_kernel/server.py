@@ -25,7 +25,7 @@ from . import environment, logs, protocol, transport
 from .monitor import MonitorServer, pthread_interrupt
 from .output import OutputCapture, RemoteStream
 from .protocol import Tag
-from .rich import CellRunner
+from .rich import CellRunner, source_hash
 
 log = logging.getLogger("mpi_kernel.server")
 _compile_cache: dict[tuple[str, str], Any] = {}
@@ -100,7 +100,7 @@ class MPICommandServer:
         self._show_source(self._current[1])
         frames = traceback.extract_stack(frame)
         starts = [i for i, f in enumerate(frames)
-                  if f.filename == self._filename or f.filename.startswith("<px-cell-")]
+                  if f.filename.startswith((self._filename[:-1], "<px-cell-"))]
         return "".join(traceback.format_list(frames[starts[0]:] if starts else frames))
 
     def status(self) -> dict[str, Any]:
@@ -206,7 +206,7 @@ class MPICommandServer:
     def _execute(self, command: str, mode: str) -> Any:
         code = _compile_cache.get((command, mode))
         if code is None:
-            code = compile(command, self._filename, mode)
+            code = compile(command, self._source_name(command), mode)
             if len(_compile_cache) > 1024:
                 _compile_cache.clear()
             _compile_cache[(command, mode)] = code
@@ -224,6 +224,20 @@ class MPICommandServer:
         finally:
             self._armed = False
         return self.cells.result(value, options.get("value", False))
+
+    def _source_name(self, command: str) -> str:
+        """The file name a command is compiled under.
+
+        A function or class can run long after the command that defined it, so such
+        commands get a name of their own, kept in linecache, and a later traceback
+        through them shows their lines. Other commands share one name whose lines are
+        filled in when needed: a script may send millions of distinct commands.
+        """
+        if "def " not in command and "class " not in command and "lambda" not in command:
+            return self._filename
+        name = f"<server {self.env.rank} command-{source_hash(command)}>"
+        linecache.cache[name] = (len(command), None, command.splitlines(True), name)
+        return name
 
     def _show_source(self, command: str) -> None:
         """Let tracebacks show the lines of the current command (cells have their own names)."""

@@ -136,3 +136,17 @@ def test_values_that_cannot_be_unpickled_on_the_other_side(job, tmp_path):
         "DecodeError: the result from server 0 could not be unpickled on the client: "
         "ModuleNotFoundError: No module named 'server_mod'")
     assert after == 2 and last == "serving"
+
+
+def test_traceback_through_a_function_from_an_earlier_command_shows_its_lines(job):
+    out = job(r"""
+        import json
+        c = MPICommandClient()
+        c.start_services()
+        c.push_command_request("x = 1\n\n\ndef f(a):\n    return 1 / a", True, 0)
+        print(json.dumps(c.push_command_request("y = 2\nf(0)", True, 0)[0]["traceback"]))
+    """)
+    lines = [line.strip() for line in last_json(out).splitlines()]
+    assert lines[1:3] == ['File "<server 0>", line 2, in <module>', "f(0)"]
+    assert lines[3].startswith('File "<server 0 command-') and lines[3].endswith('", line 5, in f')
+    assert lines[4] == "return 1 / a"
