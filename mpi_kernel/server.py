@@ -21,7 +21,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-from . import environment, logs, protocol, transport
+from . import environment, logs, memory, protocol, transport
 from .monitor import MonitorServer, pthread_interrupt
 from .output import OutputCapture, RemoteStream
 from .protocol import Tag
@@ -111,7 +111,9 @@ class MPICommandServer:
                 "command_start_time": current[2] if busy else None}
 
     def configure(self, config: dict) -> None:
-        """Apply the client's start-up settings (log level)."""
+        """Apply the client's start-up settings (log level, malloc thresholds)."""
+        if config.get("keep_freed_memory"):
+            memory.keep_freed_memory()
         logs.install_forwarding(lambda record: self.send_event(protocol.LOG, record),
                                 config.get("log_level", logging.WARNING))
 
