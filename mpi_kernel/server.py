@@ -248,7 +248,10 @@ class MPICommandServer:
     def _format_traceback(self, exc: BaseException, source: str, cell: bool) -> str:
         self._show_source(source)
         if cell:
-            return self.cells.traceback(exc, _user_frames(exc))
+            try:
+                return self.cells.traceback(exc, _user_frames(exc))
+            except Exception:  # IPython itself failed (an interrupt while it was importing)
+                log.exception("IPython could not format a traceback; plain Python's follows")
         return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc)))
 
     def _push(self, request_id: int, command: str, mode: str, variables: dict) -> tuple:

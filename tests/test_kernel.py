@@ -78,6 +78,16 @@ def test_px_errors_are_merged_by_rank(kc):
     assert err["evalue"] == "ZeroDivisionError on ranks 0, 2; NameError on rank 1"
 
 
+def test_error_shown_even_when_ipython_cannot_format_it(kc):
+    # A cell that breaks the server's IPython formatter still gets Python's own traceback.
+    status, out = run(kc, "%%px --targets 0\nget_ipython().InteractiveTB = None\n1/0")
+    (err,) = [o for o in out if o["type"] == "error"]
+    assert status == "error" and err["evalue"] == "ZeroDivisionError on rank 0"
+    assert "ZeroDivisionError: division by zero" in ANSI.sub("", "\n".join(err["traceback"]))
+    status, out = run(kc, "%%px --targets 0\nrank + 40")
+    assert status == "ok" and "]: 40" in text_of(out)
+
+
 @pytest.mark.parametrize("spec, ranks", [("0", [0]), ("0,2", [0, 2]), ("1-2", [1, 2]), ("all", [0, 1, 2])])
 def test_px_targets(kc, spec, ranks):
     status, out = run(kc, f"%%px --targets {spec}\nrank")
