@@ -12,11 +12,12 @@ import atexit
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterable
 
-from traitlets import Bool, Float, Int
+from traitlets import Bool, Float, Int, default
 from traitlets.config import Configurable
 
 from . import environment, logs, memory, protocol, transport
@@ -36,10 +37,15 @@ class MPICommandClient(Configurable):
     start_timeout = Float(30.0, help="Seconds to wait for the servers in start_services().").tag(config=True)
     stop_timeout = Float(5.0, help="Seconds to wait for the servers in stop_services().").tag(config=True)
     log_level = Int(logging.WARNING, help="Level of the server logs forwarded to the client.").tag(config=True)
-    keep_freed_memory = Bool(True, help="Set glibc's malloc thresholds on every rank so arrays received "
-                                        "again and again reuse mapped memory instead of page-faulting; "
-                                        "up to 64 MiB of freed memory per rank stays mapped "
-                                        "(mpi_kernel.memory).").tag(config=True)
+    keep_freed_memory = Bool(help="Set glibc's malloc thresholds on every rank so arrays received "
+                                  "again and again reuse mapped memory instead of page-faulting; up to "
+                                  "64 MiB of freed memory per rank stays mapped (mpi_kernel.memory). "
+                                  "Default: on, unless MPI_KERNEL_KEEP_FREED_MEMORY=0.").tag(config=True)
+
+    @default("keep_freed_memory")
+    def _keep_freed_memory_default(self) -> bool:
+        # An environment variable, so a kernelspec (install --env) can switch it off too.
+        return os.environ.get("MPI_KERNEL_KEEP_FREED_MEMORY", "1") != "0"
 
     _instance: "MPICommandClient | None" = None
     _created = threading.Lock()

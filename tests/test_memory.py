@@ -24,15 +24,23 @@ probe = [mapped >> 20, libc.mallinfo2().keepcost >> 20]
 """
 
 
+ON, OFF = [0, 8], [8, 0]
+
+
 @pytest.mark.skipif(not is_glibc(), reason="the thresholds are glibc's")
-@pytest.mark.parametrize("keep, expected", [(True, [0, 8]), (False, [8, 0])])
-def test_freed_arrays_stay_mapped_on_servers_and_client(job, keep, expected):
+@pytest.mark.parametrize("argument, env, expected", [
+    ("", {}, ON),
+    ("keep_freed_memory=False", {}, OFF),
+    ("", {"MPI_KERNEL_KEEP_FREED_MEMORY": "0"}, OFF),   # the kernelspec's way (install --env)
+    ("keep_freed_memory=True", {"MPI_KERNEL_KEEP_FREED_MEMORY": "0"}, ON),
+])
+def test_freed_arrays_stay_mapped_on_servers_and_client(job, argument, env, expected):
     out = job(f"""
         import json
-        c = MPICommandClient(keep_freed_memory={keep})
+        c = MPICommandClient({argument})
         c.start_services()
         c.push_command_request({PROBE!r}, True, [0])
         exec({PROBE!r})
         print(json.dumps([c.pull("probe", [0])[0], probe]))
-    """, n=2)
+    """, n=2, env=env)
     assert last_json(out) == [expected, expected]
