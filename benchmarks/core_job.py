@@ -96,7 +96,8 @@ def idle_cpu(client: MPICommandClient, seconds: float) -> list[float]:
     time.sleep(2.0)  # let every wait loop reach its idle sleep (the backoff needs 1 s)
     before = [cpu(p) for p in pids]
     time.sleep(seconds)
-    return [100 * (cpu(p) - b) / seconds for p, b in zip(pids, before)]
+    # Rounded to the clock tick's resolution: 5 ticks in 5 s is 1%, not 1.0000000000000053%.
+    return [round(100 * (cpu(p) - b) / seconds, 2) for p, b in zip(pids, before)]
 
 
 def main() -> None:
