@@ -13,6 +13,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Float
 
 from mpi_kernel.client import MPICommandClient
 from mpi_kernel.protocol import format_ranks
@@ -28,6 +29,10 @@ _VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
 
 @magics_class
 class MPIMagics(Magics):
+    progress_after = Float(1.0, help="Seconds a %%px cell runs before its progress line appears. "
+                                     "The line is one more output of the cell, so test runs that "
+                                     "compare outputs (nbval) may set inf to turn it off.").tag(config=True)
+
     def __init__(self, shell: Any, client: MPICommandClient) -> None:
         super().__init__(shell)
         self.client = client
@@ -106,7 +111,7 @@ class MPIMagics(Magics):
 
     def _wait(self, ids: list[int], timeout: float | None, live: bool, hint: str) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
-        progress = show.ProgressLine(len(ids), hint=hint)
+        progress = show.ProgressLine(len(ids), after=self.progress_after, hint=hint)
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         try:
             while not self.client.wait(ids, timeout=slice_):

@@ -203,7 +203,7 @@ class MPICommandClient(Configurable):
         """All requests by id: command, mode, parameters, server, status."""
         with self._lock:
             return {i: {k: v for k, v in r.items() if k not in ("kind", "sent_at")}
-                    for i, r in self._requests.items()}
+                    for i, r in self._requests.items() if "forgotten" not in r}
 
     def get_command_response_list(self) -> dict[int, dict]:
         """All responses received so far, by id."""
@@ -250,13 +250,16 @@ class MPICommandClient(Configurable):
         return not self._wait_responses(self._check_ids(ids), timeout)
 
     def forget(self, ids: Iterable[int]) -> None:
-        """Drop the records of answered requests (the guide keeps every one for the life of
-        the client; the magics forget theirs once shown, so long sessions do not grow)."""
+        """Drop the records of these requests; a response still to come is dropped when it
+        arrives. (The guide keeps every record for the life of the client; the magics forget
+        theirs once shown, so long sessions do not grow.)"""
         with self._lock:
             for i in ids:
                 if i in self._responses:
                     del self._responses[i]
                     self._requests.pop(i, None)
+                elif i in self._requests:
+                    self._requests[i]["forgotten"] = True
 
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{request id: assigned server (None while queued for any server)} for ids without a response."""
@@ -439,8 +442,9 @@ class MPICommandClient(Configurable):
         if self._inflight[server] == request_id:
             self._inflight[server] = None
         request = self._requests.get(request_id)
-        if request is None:  # forgotten after a timeout response; the server is free again
-            log.info("late response to forgotten request %d from server %d dropped", request_id, server)
+        if request is None or "forgotten" in request:  # the server is free again all the same
+            log.info("response to forgotten request %d from server %d dropped", request_id, server)
+            self._requests.pop(request_id, None)
             return
         response = protocol.response_from_reply(request, server, reply)
         request["status"] = protocol.RESPONSE_RECEIVED

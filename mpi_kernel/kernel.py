@@ -85,12 +85,11 @@ def main(argv: list[str]) -> int:
     print(f"mpi-kernel: client rank {len(client.servers())} pid {os.getpid()}; servers {ranks}",
           file=sys.__stderr__, flush=True)
     watch_jupyter(client)
-    # Load IPython on the servers now rather than in the user's first %%px cell, while
-    # the client sets up its own kernel; done before the kernel says it is ready.
-    warm_up = client.execute_cell("None", client.servers())
     app = IPKernelApp.instance(kernel_class=MPIKernel)
     app.initialize(argv)
-    client.wait(warm_up, timeout=60)
-    client.forget(warm_up)
+    # Load IPython on the servers now rather than in the user's first %%px cell, which
+    # queues behind it. Not earlier: on few cores the servers would slow the client's own
+    # set-up; and not waited for, so the kernel is ready sooner (0.5 s at 16 ranks on 2 cores).
+    client.forget(client.execute_cell("None", client.servers()))
     app.start()
     return 0

@@ -43,6 +43,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("prefix")
+    jupyter_path = os.environ.get("JUPYTER_PATH")  # restored after: nbval's "mpi" comes later
     install_kernelspec(prefix, name="mpi")        # the notebooks ask for the kernel "mpi"
     root = tmp_path_factory.mktemp("root")
     for name in ("quickstart.ipynb", "errors-and-interrupts.ipynb"):
@@ -73,6 +74,10 @@ def lab(tmp_path_factory):
                 pytest.fail(f"JupyterLab did not start:\n{log.read()[-3000:]}")
             time.sleep(0.3)
     yield base, token
+    if jupyter_path is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = jupyter_path
     pids = process_tree(server.pid)
     server.terminate()
     try:

@@ -1,6 +1,7 @@
 """The MPI kernel driven through jupyter_client: magics, output, errors, interrupts."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -150,6 +151,21 @@ def test_push_functions_and_classes_defined_in_the_notebook(kc):
     assert status == "ok" and "pushed Scaled, scale to ranks 0-2" in text_of(out)
     status, out = run(kc, "%%px\nscale(rank)")
     assert status == "ok" and [line.split(": ")[-1] for line in text_of(out).splitlines()] == ["0", "3", "6"]
+
+
+def test_progress_line_for_slow_cells_is_replaced_by_the_results(kc):
+    status, out = run(kc, "%%px\nimport time\ntime.sleep(1.7)\nrank")
+    progress = [o for o in out if o["type"] in ("display_data", "update_display_data")]
+    first, last = progress[0]["data"]["text/plain"], progress[-1]["data"]["text/plain"]
+    assert status == "ok" and progress[0]["type"] == "display_data"
+    assert re.fullmatch(r"\[px\] [0-2]/3 ranks done, \d+\.\d s elapsed; waiting for ranks? [-0-9, ]+", first), first
+    assert progress[-1]["type"] == "update_display_data" and last == ""
+    assert "Out[2:" in text_of(out)
+    # Configurable (traitlets): off for runs that compare outputs, such as nbval.
+    run(kc, "%config MPIMagics.progress_after = float('inf')")
+    status, out = run(kc, "%%px\nimport time\ntime.sleep(1.3)")
+    run(kc, "%config MPIMagics.progress_after = 1.0")
+    assert status == "ok" and not [o for o in out if o["type"] != "stream"]
 
 
 def test_mpi_status_table(kc):

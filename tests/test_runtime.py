@@ -257,3 +257,18 @@ def test_late_response_to_a_forgotten_request_is_dropped(job):
         print(json.dumps([first, ids[0] in c.get_command_request_list(), after]))
     """, timeout=60)
     assert last_json(out) == ["timeout", False, "next"]
+
+
+def test_forgetting_pending_requests_drops_their_responses(job):
+    out = job(r"""
+        import json
+        c = MPICommandClient()
+        c.start_services()
+        pending = c.push_command_request("__import__('time').sleep(0.2) or 'dropped'", False, [0, 1])
+        queued = c.push_command_request("'queued'", False, 0)
+        c.forget(pending + queued)
+        after = c.push_command_request("'next'", True, [0, 1])   # served after the forgotten ones
+        known = set(c.get_command_request_list()) | set(c.get_command_response_list())
+        print(json.dumps([[r["ret"] for r in after], sorted(known & set(pending + queued))]))
+    """)
+    assert last_json(out) == [["next", "next"], []]
