@@ -105,3 +105,18 @@ class RemoteStream(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+class NoInput(io.TextIOBase):
+    """sys.stdin on a server. mpiexec forwards no input to it (or only to rank 0, from
+    nowhere), so input() would wait forever: fail at once, saying what to do instead."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
+        # No rank in the text: identical errors from several ranks are shown once.
+        raise EOFError("input() is not available on the MPI servers: they have no terminal. Read "
+                       "the value on the client and send it (%mpi_push NAME, or a command's parameters).")
+
+    read = readline

@@ -73,7 +73,8 @@ class CellRunner:
             # Kept like IPython's cells, so tracebacks and stack dumps show the right lines
             # even for functions a cell defined long ago (mtime None: linecache keeps it).
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-            tree = ast.parse(source, filename)
+            # IPython syntax (%magics, !shell) as in any cell; line numbers are kept.
+            tree = ast.parse(self.shell.transform_cell(source), filename)
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
                 last = compile(ast.Expression(tree.body.pop().value), filename, "eval")

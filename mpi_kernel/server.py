@@ -23,7 +23,7 @@ from typing import Any
 
 from . import environment, logs, memory, protocol, transport
 from .monitor import MonitorServer, pthread_interrupt
-from .output import OutputCapture, RemoteStream
+from .output import NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
 from .rich import CellRunner, source_hash
 
@@ -43,6 +43,12 @@ def _user_frames(exc: BaseException) -> TracebackType | None:
             link.tb_next = None
         link = link.tb_next
     return tb
+
+
+def _stdin_from_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
 
 
 class MPICommandServer:
@@ -125,6 +131,8 @@ class MPICommandServer:
         signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = RemoteStream("stdout", self.capture)
         sys.stderr = RemoteStream("stderr", self.capture)
+        sys.stdin = NoInput()
+        _stdin_from_devnull()  # C code and child processes reading fd 0 get end-of-file
         self._serving = True
         self.monitor.start()
         comm, client, stopping = self.env.framework, self.env.client_rank, self.monitor.stopping
@@ -145,7 +153,7 @@ class MPICommandServer:
                     self.handle(request)
                 backoff.reset()
         finally:
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__
             self._serving = False
             self.send_event(protocol.STOPPED, None)
 

@@ -168,6 +168,24 @@ def test_progress_line_for_slow_cells_is_replaced_by_the_results(kc):
     assert status == "ok" and not [o for o in out if o["type"] != "stream"]
 
 
+def test_ipython_syntax_in_px_cells(kc):
+    status, out = run(kc, "%%px --targets 0-1\n!echo shell-says-hi\n%time x = rank\nx")
+    text = text_of(out)
+    assert status == "ok" and text.count("shell-says-hi") == 2 and text.count("Wall time") == 2, text
+    assert "Out[0:" in text and "Out[1:" in text
+    status, out = run(kc, "%px %time 1+1")
+    assert status == "ok" and text_of(out).count("Wall time") == 3
+
+
+def test_input_on_servers_fails_at_once_with_a_clear_error(kc):
+    status, out = run(kc, "%%px\nanswer = input('name? ')", timeout=20)
+    (err,) = [o for o in out if o["type"] == "error"]
+    assert status == "error" and err["evalue"] == "EOFError on ranks 0-2"
+    assert "input() is not available on the MPI servers" in ANSI.sub("", "\n".join(err["traceback"]))
+    status, out = run(kc, "%%px\nimport subprocess\nsubprocess.run(['cat'], capture_output=True).returncode")
+    assert status == "ok" and text_of(out).count("]: 0") == 3    # C-level reads of fd 0: end of file
+
+
 def test_mpi_status_table(kc):
     status, out = run(kc, "%mpi_status")
     lines = text_of(out).splitlines()
