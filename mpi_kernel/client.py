@@ -42,6 +42,9 @@ class MPICommandClient(Configurable):
                                   "64 MiB of freed memory per rank stays mapped (mpi_kernel.memory). "
                                   "Default: on, unless MPI_KERNEL_KEEP_FREED_MEMORY=0.").tag(config=True)
 
+    capture_fd_output = Bool(True, help="Capture what C code and child processes write to the servers' "
+                                        "descriptors 1 and 2, like print() output.").tag(config=True)
+
     @default("keep_freed_memory")
     def _keep_freed_memory_default(self) -> bool:
         # An environment variable, so a kernelspec (install --env) can switch it off too.
@@ -120,7 +123,8 @@ class MPICommandClient(Configurable):
                 memory.keep_freed_memory()
             for server in self._servers:
                 self._control(server, protocol.START, {"log_level": self.log_level,
-                                                       "keep_freed_memory": self.keep_freed_memory})
+                                                       "keep_freed_memory": self.keep_freed_memory,
+                                                       "capture_fd_output": self.capture_fd_output})
         missing = self._wait_until(lambda: set(self._servers) - self._hello, self.start_timeout)
         if missing:
             raise RuntimeError(

@@ -2,14 +2,20 @@
 
 While a command runs, what it writes is kept for the response and also streamed
 to the client in small batches (by size, or by age when the monitor thread
-flushes), so the notebook shows it live. Nothing reaches mpiexec's stdout.
+flushes), so the notebook shows it live. Nothing reaches mpiexec's stdout: what
+C code and child processes write to descriptors 1 and 2 is captured as well.
 """
 from __future__ import annotations
 
+import codecs
+import ctypes
 import io
+import os
+import select
+import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 FLUSH_AGE = 0.02      # seconds a partial batch may wait before the monitor thread sends it
 FLUSH_SIZE = 64 * 1024
@@ -46,6 +52,11 @@ class OutputCapture:
                 return "", ""
             self._kept = {"stdout": [], "stderr": []}
         return "".join(out), "".join(err)
+
+    @property
+    def active(self) -> bool:
+        """True while a command runs (its output is kept for its response)."""
+        return self._request_id is not None
 
     def write(self, name: str, text: str) -> None:
         with self._lock:
@@ -120,3 +131,76 @@ class NoInput(io.TextIOBase):
                        "the value on the client and send it (%mpi_push NAME, or a command's parameters).")
 
     read = readline
+
+
+class FdCapture:
+    """Output that bypasses sys.stdout: C and Fortran code, child processes (os.system).
+
+    Descriptors 1 and 2 become pipes. A thread blocks in poll() (no CPU while quiet) and
+    feeds what comes to the OutputCapture, as print() does, so it is shown live and kept
+    in the response. Between commands it goes to the original descriptors instead, so MPI
+    library warnings stay in the job's log. `drain()`, at the end of each command, flushes
+    C's stdio buffers (a pipe is fully buffered) and takes what is left, so a command's
+    output is in its own response.
+    """
+
+    def __init__(self, capture: OutputCapture) -> None:
+        self._capture = capture
+        self._lock = threading.Lock()
+        self._fflush = ctypes.CDLL(None).fflush
+        self._pipes: dict[int, tuple[str, int, Any]] = {}  # read end -> (name, original fd, decoder)
+        self.originals: dict[int, int] = {}                  # 1, 2 -> a duplicate of the original
+        self._poll = select.poll()
+
+    def start(self) -> None:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            (sys.__stdout__ if fd == 1 else sys.__stderr__).flush()
+            self.originals[fd] = os.dup(fd)
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            os.dup2(write, fd)
+            os.close(write)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self._pipes[read] = (name, self.originals[fd], decoder)
+            self._poll.register(read, select.POLLIN)
+        threading.Thread(target=self._watch, name="mpi-kernel-fd-output", daemon=True).start()
+
+    def stop(self) -> None:
+        """Give descriptors 1 and 2 back (what the process prints at exit reaches the log)."""
+        self.drain()
+        for fd, original in self.originals.items():
+            os.dup2(original, fd)
+
+    def drain(self) -> None:
+        self._fflush(None)
+        with self._lock:  # taken even when nothing is ready: the thread may be mid-delivery
+            for read, _ in self._poll.poll(0):
+                self._read(read)
+
+    def _watch(self) -> None:
+        watcher = select.poll()
+        for read in self._pipes:
+            watcher.register(read, select.POLLIN)
+        while self._pipes:
+            for read, _ in watcher.poll():
+                with self._lock:
+                    if not self._read(read):
+                        watcher.unregister(read)
+
+    def _read(self, read: int) -> bool:
+        """Deliver what the pipe holds (up to 1 MiB a call, so a writer that never stops
+        cannot hold the lock for ever); False once it is closed for good."""
+        name, original, decoder = self._pipes[read]
+        for _ in range(16):
+            try:
+                data = os.read(read, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not data:
+                del self._pipes[read]
+                return False
+            if self._capture.active:
+                self._capture.write(name, decoder.decode(data))
+            else:
+                os.write(original, data)
+        return True

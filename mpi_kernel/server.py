@@ -23,7 +23,7 @@ from typing import Any
 
 from . import environment, logs, memory, protocol, transport
 from .monitor import MonitorServer, pthread_interrupt
-from .output import NoInput, OutputCapture, RemoteStream
+from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
 from .rich import CellRunner, source_hash
 
@@ -80,6 +80,7 @@ class MPICommandServer:
         self._serving = False
         self._main = threading.main_thread().ident
         self.capture = OutputCapture(self._send_stream)
+        self.fd_capture: FdCapture | None = None  # started by configure()
         self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
                          protocol.PULL: self._pull, protocol.CELL: self._run_cell}
         self.cells = CellRunner(self.namespace, self._send_display)
@@ -117,9 +118,13 @@ class MPICommandServer:
                 "command_start_time": current[2] if busy else None}
 
     def configure(self, config: dict) -> None:
-        """Apply the client's start-up settings (log level, malloc thresholds)."""
+        """Apply the client's start-up settings (log level, malloc thresholds, fd capture)."""
         if config.get("keep_freed_memory"):
             memory.keep_freed_memory()
+        if config.get("capture_fd_output") and self.fd_capture is None:
+            self.fd_capture = FdCapture(self.capture)
+            self.fd_capture.start()
+            faulthandler.enable(self.fd_capture.originals[2])  # crash reports still reach the log
         logs.install_forwarding(lambda record: self.send_event(protocol.LOG, record),
                                 config.get("log_level", logging.WARNING))
 
@@ -154,6 +159,8 @@ class MPICommandServer:
                 backoff.reset()
         finally:
             sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__
+            if self.fd_capture is not None:
+                self.fd_capture.stop()
             self._serving = False
             self.send_event(protocol.STOPPED, None)
 
@@ -210,6 +217,8 @@ class MPICommandServer:
                     namespace.pop(key, None)
                 namespace.update(saved)
             self._current = None
+        if self.fd_capture is not None:
+            self.fd_capture.drain()
         stdout, stderr = self.capture.end()
         return (request_id, ret, ok, tb, start, time.time(), stdout, stderr)  # protocol.make_reply
 

@@ -177,6 +177,12 @@ def test_ipython_syntax_in_px_cells(kc):
     assert status == "ok" and text_of(out).count("Wall time") == 3
 
 
+def test_output_of_c_code_on_servers_is_shown_per_rank(kc):
+    status, out = run(kc, "%%px\nimport os\n_ = os.system(f'echo c-level {rank}')")
+    assert status == "ok" and "[stdout:1] c-level 1" in text_of(out), out
+    assert text_of(out).count("c-level") == 3
+
+
 def test_input_on_servers_fails_at_once_with_a_clear_error(kc):
     status, out = run(kc, "%%px\nanswer = input('name? ')", timeout=20)
     (err,) = [o for o in out if o["type"] == "error"]

@@ -33,6 +33,35 @@ def test_output_is_captured_and_streamed_live(job):
     assert streams == [[0, True, "stderr"], [0, True, "stdout"], [1, True, "stderr"], [1, True, "stdout"]]
 
 
+def test_output_of_c_code_and_child_processes_is_captured_live(tmp_path):
+    from conftest import check_ok, run_job
+    proc = run_job(tmp_path, r"""
+        import json
+        c = MPICommandClient()
+        events = []
+        c.stream_callback = lambda server, rid, name, text: events.append((time.time(), rid, name, text))
+        c.start_services()
+        cmd = ("import ctypes, os\nctypes.CDLL(None).printf(b'printf %d\\n', rank)\n"
+               "os.system('echo tick; sleep 0.6; echo tock >&2')")
+        ids = c.push_command_request(cmd, False, [0, 1])
+        t0 = time.time()
+        while not any("tick" in e[3] for e in events):
+            c.get_command_response(ids, False, False)
+            time.sleep(0.01)
+        tick_seen = time.time() - t0
+        res = c.get_command_response(ids, True)
+        # Between commands, fd output goes to the job's own stdout (the log), not to a response.
+        c.push_command_request("import subprocess; subprocess.Popen('sleep 0.3; echo between-commands', "
+                               "shell=True)", True, 0)
+        time.sleep(1.0)
+        print(json.dumps([tick_seen, [(r["stdout"], r["stderr"]) for r in res]]))
+    """)
+    tick_seen, captured = last_json(check_ok(proc))
+    assert tick_seen < 0.5  # shown while the command still runs
+    assert captured == [["printf 0\ntick\n", "tock\n"], ["printf 1\ntick\n", "tock\n"]]
+    assert proc.stdout.count("between-commands") == 1
+
+
 def test_nothing_reaches_mpiexec_stdout(tmp_path):
     from conftest import run_job
     proc = run_job(tmp_path, """
