@@ -41,7 +41,6 @@ class MPICommandClient(Configurable):
                                   "again and again reuse mapped memory instead of page-faulting; up to "
                                   "64 MiB of freed memory per rank stays mapped (mpi_kernel.memory). "
                                   "Default: on, unless MPI_KERNEL_KEEP_FREED_MEMORY=0.").tag(config=True)
-
     capture_fd_output = Bool(True, help="Capture what C code and child processes write to the servers' "
                                         "descriptors 1 and 2, like print() output.").tag(config=True)
 

@@ -175,7 +175,8 @@ class FdCapture:
         self._fflush(None)
         with self._lock:  # taken even when nothing is ready: the thread may be mid-delivery
             for read, _ in self._poll.poll(0):
-                self._read(read)
+                if read in self._pipes:
+                    self._read(read)
 
     def _watch(self) -> None:
         watcher = select.poll()
@@ -184,7 +185,7 @@ class FdCapture:
         while self._pipes:
             for read, _ in watcher.poll():
                 with self._lock:
-                    if not self._read(read):
+                    if read not in self._pipes or not self._read(read):
                         watcher.unregister(read)
 
     def _read(self, read: int) -> bool:
@@ -196,8 +197,9 @@ class FdCapture:
                 data = os.read(read, 1 << 16)
             except BlockingIOError:
                 return True
-            if not data:
+            if not data:  # every writer closed it (the process gave descriptors 1 and 2 back)
                 del self._pipes[read]
+                self._poll.unregister(read)
                 return False
             if self._capture.active:
                 self._capture.write(name, decoder.decode(data))
