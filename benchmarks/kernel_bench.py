@@ -1,14 +1,13 @@
 """Kernel measurements through jupyter_client: start, cells, interrupt, restart, shutdown."""
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
-from mpi_kernel.kernelspec import install_for_session
+from mpi_kernel.kernelspec import install_for_session, start_ready_kernel
 
 from .stats import summarize
 
@@ -19,24 +18,10 @@ def install(prefix: Path, ranks: int) -> str:
     return name
 
 
-def start(name: str, attempts: int = 2) -> tuple[KernelManager, object, float]:
-    """Start a kernel; the time to ready. A start is retried once with new ports, as
-    Jupyter's restarter does: jupyter_client picks free ports, closes them and lets the
-    kernel bind them later, and mpiexec's own TCP connections can take one meanwhile."""
+def start(name: str) -> tuple[KernelManager, object, float]:
+    """Start a kernel; the time to ready (a start retried for a taken port counts whole)."""
     t0 = time.perf_counter()
-    km = KernelManager(kernel_name=name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=120)
-    except RuntimeError as exc:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-        if attempts <= 1:
-            raise
-        print(f"kernel start failed ({exc}); retrying with new ports", file=sys.stderr)
-        return start(name, attempts - 1)
+    km, kc = start_ready_kernel(name, timeout=120)
     return km, kc, time.perf_counter() - t0
 
 

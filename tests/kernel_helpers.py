@@ -9,7 +9,7 @@ from typing import Any
 
 from jupyter_client.manager import KernelManager
 
-from mpi_kernel.kernelspec import install_for_session
+from mpi_kernel.kernelspec import install_for_session, start_ready_kernel
 
 KERNEL_NAME = "mpi-test"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -21,12 +21,7 @@ def install_kernelspec(prefix: Path, ranks: int = 4, name: str = KERNEL_NAME) ->
 
 
 def start_kernel(name: str = KERNEL_NAME) -> tuple[KernelManager, Any]:
-    km = KernelManager(kernel_name=name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    return km, kc
+    return start_ready_kernel(name)
 
 
 def run(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict]]:
