@@ -85,6 +85,12 @@ class MPIMagics(Magics):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
+    def _definite_targets(self, spec: str, magic: str) -> list[int]:
+        targets = self._targets(spec)
+        if targets is None:
+            raise UsageError(f"%{magic} needs definite targets (all or ranks), not 'any'")
+        return targets
+
     def _run_px(self, source: str, args: Any) -> None:
         targets = self._targets(args.targets)
         if args.noblock and args.local:
@@ -249,9 +255,7 @@ class MPIMagics(Magics):
     def mpi_push(self, line: str, cell: str | None = None) -> None:
         """%mpi_push a b: push client variables to servers. %%mpi_push: run the cell here, push what it assigns."""
         args = parse_argstring(self.mpi_push, line)
-        targets = self._targets(args.targets)
-        if targets is None:
-            raise UsageError("%mpi_push needs definite targets (all or ranks), not 'any'")
+        targets = self._definite_targets(args.targets, "mpi_push")
         if cell is None:
             if not args.names:
                 raise UsageError("%mpi_push needs variable names, e.g. %mpi_push a b")
@@ -289,12 +293,39 @@ class MPIMagics(Magics):
     def mpi_pull(self, line: str) -> dict:
         """%mpi_pull NAME [NAME ...]: {rank: value} (a list of values per rank for several names)."""
         args = parse_argstring(self.mpi_pull, line)
-        targets = self._targets(args.targets)
-        if targets is None:
-            raise UsageError("%mpi_pull needs definite targets (all or ranks), not 'any'")
+        targets = self._definite_targets(args.targets, "mpi_pull")
         try:
             return self.client.pull(args.names[0] if len(args.names) == 1 else args.names, targets)
         except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    @magic_arguments()
+    @argument("name", help="a client variable holding a list, tuple or NumPy array")
+    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @line_magic
+    def mpi_scatter(self, line: str) -> None:
+        """%mpi_scatter NAME: split a client sequence into contiguous parts, one per server."""
+        args = parse_argstring(self.mpi_scatter, line)
+        targets = self._definite_targets(args.targets, "mpi_scatter")
+        if args.name not in self.shell.user_ns:
+            raise UsageError(f"not defined on the client: {args.name}")
+        try:
+            self.client.scatter(args.name, self.shell.user_ns[args.name], targets)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        print(f"scattered {args.name} over ranks {format_ranks(targets)}")
+
+    @magic_arguments()
+    @argument("name", help="a server variable holding a list, tuple or NumPy array")
+    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @line_magic
+    def mpi_gather(self, line: str) -> Any:
+        """%mpi_gather NAME: the servers' parts of NAME joined in rank order (arrays concatenated)."""
+        args = parse_argstring(self.mpi_gather, line)
+        targets = self._definite_targets(args.targets, "mpi_gather")
+        try:
+            return self.client.gather(args.name, targets)
+        except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
 
     # -- status ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from traitlets import Bool, Float, Int, default
 from traitlets.config import Configurable
 
-from . import environment, logs, memory, protocol, transport
+from . import environment, logs, memory, partition, protocol, transport
 from .monitor import MonitorClient
 from .protocol import Tag
 
@@ -299,8 +299,28 @@ class MPICommandClient(Configurable):
         values = self._run_internal(protocol.PULL, f"<pull {', '.join(wanted)}>", wanted, targets)
         return {rank: v[0] if isinstance(names, str) else v for rank, v in values.items()}
 
+    def scatter(self, name: str, sequence: Any, targets: Any = None) -> None:
+        """Split `sequence` into contiguous parts, one per target server in rank order (sizes
+        as numpy.array_split gives), and set `name` to its part on each (default: all servers)."""
+        protocol.check_names(name, "scatter")
+        ranks = sorted(set(protocol.check_targets(targets, self._servers) or self._servers))
+        label = f"<scatter {name}>"
+        ids = [i for rank, part in zip(ranks, partition.split(sequence, len(ranks)))
+               for i in self._submit(protocol.PUSH, label, protocol.PUSH, None, {name: part}, [rank])]
+        self._collect(ids, label)
+
+    def gather(self, name: str, targets: Any = None) -> Any:
+        """`name` from the target servers, joined in rank order: arrays concatenated, lists
+        joined (the inverse of scatter)."""
+        values = self.pull(name, targets)
+        return partition.join([values[rank] for rank in sorted(values)])
+
     def _run_internal(self, kind: str, label: str, payload: Any, targets: Any) -> dict[int, Any]:
         ids = self._submit(kind, label, kind, None, payload, self._servers if targets is None else targets)
+        return self._collect(ids, label)
+
+    def _collect(self, ids: list[int], label: str) -> dict[int, Any]:
+        """Wait for internal requests; drop their records; {server: ret}, or raise the first failure."""
         self._wait_for(ids, None)
         with self._lock:
             responses = [self._responses.pop(i) for i in ids]

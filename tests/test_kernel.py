@@ -145,6 +145,16 @@ def test_push_and_pull_line_and_cell_forms(kc):
     assert "]: 3.14" in text_of(out)
 
 
+def test_scatter_and_gather_magics(kc):
+    status, out = run(kc, "import numpy as np\nx = np.arange(8)\n%mpi_scatter x")
+    assert status == "ok" and "scattered x over ranks 0-2" in text_of(out)
+    run(kc, "%px x = x + 100 * rank")
+    status, out = run(kc, "%mpi_gather x")
+    assert out[-1]["data"]["text/plain"] == "array([  0,   1,   2, 103, 104, 105, 206, 207])"
+    status, out = run(kc, "n = 3\n%mpi_scatter n")
+    assert "UsageError: scatter needs a sequence that can be sliced" in text_of(out, "stderr")
+
+
 def test_push_functions_and_classes_defined_in_the_notebook(kc):
     status, out = run(kc, "%%mpi_push\nclass Scaled:\n    def __init__(self, k): self.k = k\n"
                           "def scale(x): return Scaled(3).k * x")

@@ -74,6 +74,9 @@ def magics():
     (("mpi_push", "nope", None), "not defined on the client: nope"),
     (("mpi_push", "x --targets any", None), "needs definite targets"),
     (("mpi_pull", "x --targets 9", None), "servers are 0-2"),
+    (("mpi_scatter", "", None), "the following arguments are required: name"),
+    (("mpi_scatter", "nope", None), "not defined on the client: nope"),
+    (("mpi_gather", "x --targets any", None), "%mpi_gather needs definite targets"),
     (("mpi_status", "extra", None), "takes no arguments"),
     (("pxresult", "missing", None), "no pending %%px --noblock results named 'missing'"),
 ])

@@ -112,6 +112,37 @@ def test_push_pull_numpy_arrays(job):
     assert both == {"1": [{"n": 3, "name": "abc"}, "only-1"]}
 
 
+def test_scatter_and_gather(job):
+    out = job(r"""
+        import json
+        import numpy as np
+        c = MPICommandClient()
+        c.start_services()
+        data = np.arange(1_000_000, dtype=np.float64)     # parts of 2.7 MB: out of band
+        c.scatter("part", data)
+        sizes = [r["ret"] for r in c.push_command_request("len(part)", True, [0, 1, 2])]
+        c.push_command_request("part = part * 2", True, [0, 1, 2])
+        doubled = bool((c.gather("part") == data * 2).all())
+        c.scatter("names", ["a", "b", "c", "d"], targets=[0, 2])
+        names = [c.pull("names", [0, 2]), c.gather("names", [0, 2])]
+        errors = []
+        for call in (lambda: c.scatter("x", 5), lambda: c.gather("rank"), lambda: c.scatter("1x", [1])):
+            try:
+                call()
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        print(json.dumps([sizes, doubled, names, errors]))
+    """)
+    sizes, doubled, names, errors = last_json(out)
+    assert sizes == [333_334, 333_333, 333_333] and doubled is True
+    assert names == [{"0": ["a", "b"], "2": ["c", "d"]}, ["a", "b", "c", "d"]]
+    assert errors == [
+        "TypeError: scatter needs a sequence that can be sliced (list, tuple, range, NumPy array), not int",
+        "TypeError: gather joins NumPy arrays, lists, tuples or strings, not int; use pull() to get each "
+        "server's value",
+        "ValueError: scatter: '1x' is not a valid Python variable name"]
+
+
 def test_interrupt_busy_loop_on_all_servers(job):
     out = job(r"""
         import json
