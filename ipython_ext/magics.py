@@ -168,7 +168,8 @@ class MPIMagics(Magics):
                 f"waits until that call returns; restart the kernel to recover.")
 
     def _drain(self, ids: list[int], live: bool) -> None:
-        """Show the output events of `ids`; keep displays of other requests for later.
+        """Show the output events of `ids`, and output written on a server between commands
+        (a thread a cell started); keep displays of other requests for later.
 
         Each batch (what arrived since the last look, 0.1 s at most) is shown in rank
         order, keeping each rank's own order: a quick cell's output then reads the same
@@ -178,7 +179,7 @@ class MPIMagics(Magics):
         while self.events:
             event = self.events.popleft()
             kind, server, request_id, *rest = event
-            if request_id in ids:
+            if request_id in ids or (request_id is None and kind == "stream"):
                 batch.append(event)
             elif kind == "display" and request_id is not None:
                 self.deferred.setdefault(request_id, []).append((server, *rest))

@@ -187,6 +187,14 @@ def test_ipython_syntax_in_px_cells(kc):
     assert status == "ok" and text_of(out).count("Wall time") == 3
 
 
+def test_output_written_between_cells_shows_in_the_next_px_cell(kc):
+    run(kc, "%%px --targets 1\nimport threading, time\n"
+            "threading.Thread(target=lambda: time.sleep(0.3) or print('from a thread')).start()")
+    time.sleep(1.0)
+    status, out = run(kc, "%%px --targets 0\n'next'")
+    assert status == "ok" and "[stdout:1] from a thread" in text_of(out)
+
+
 def test_output_of_c_code_on_servers_is_shown_per_rank(kc):
     status, out = run(kc, "%%px\nimport os\n_ = os.system(f'echo c-level {rank}')")
     assert status == "ok" and "[stdout:1] c-level 1" in text_of(out), out
