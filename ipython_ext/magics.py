@@ -24,6 +24,8 @@ from .targets import parse_targets
 
 COLLECTIVE_HINT = ("these ranks may wait in a COMM_WORLD collective that the client does not join: "
                    "use `comm` (the servers' communicator) or `%%px --local`")
+# The --targets option of the magics that move variables (no "any": they need definite ranks).
+_DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
 _VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
 
 
@@ -251,7 +253,7 @@ class MPIMagics(Magics):
     # -- variables -----------------------------------------------------------------------
     @magic_arguments()
     @argument("names", nargs="*", help="client variables to push")
-    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @_DEFINITE_TARGETS
     @line_cell_magic
     def mpi_push(self, line: str, cell: str | None = None) -> None:
         """%mpi_push a b: push client variables to servers. %%mpi_push: run the cell here, push what it assigns."""
@@ -289,7 +291,7 @@ class MPIMagics(Magics):
 
     @magic_arguments()
     @argument("names", nargs="+", help="server variables to pull")
-    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @_DEFINITE_TARGETS
     @line_magic
     def mpi_pull(self, line: str) -> dict:
         """%mpi_pull NAME [NAME ...]: {rank: value} (a list of values per rank for several names)."""
@@ -302,7 +304,7 @@ class MPIMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="a client variable holding a list, tuple or NumPy array")
-    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @_DEFINITE_TARGETS
     @line_magic
     def mpi_scatter(self, line: str) -> None:
         """%mpi_scatter NAME: split a client sequence into contiguous parts, one per server."""
@@ -318,7 +320,7 @@ class MPIMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="a server variable holding a list, tuple or NumPy array")
-    @argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
+    @_DEFINITE_TARGETS
     @line_magic
     def mpi_gather(self, line: str) -> Any:
         """%mpi_gather NAME: the servers' parts of NAME joined in rank order (arrays concatenated)."""
