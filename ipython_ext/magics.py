@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import re
 import shlex
 import time
 import types
-from typing import Any
+from typing import Any, Iterator
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float
 
-from mpi_kernel.client import MPICommandClient
+from mpi_kernel.client import MPICommandClient, ServerError
 from mpi_kernel.protocol import format_ranks
 
 from . import display as show
@@ -276,10 +277,8 @@ class MPIMagics(Magics):
             raise UsageError(f"not defined on the client: {', '.join(missing)}")
         # Modules cannot be pickled: the servers import them instead.
         modules = {n: user_ns[n].__name__ for n in names if isinstance(user_ns[n], types.ModuleType)}
-        try:
+        with _reported():
             self.client.push({n: user_ns[n] for n in names if n not in modules}, targets)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
         if modules:
             imports = "import importlib\n" + "".join(
                 f"{n} = importlib.import_module({m!r})\n" for n, m in modules.items())
@@ -297,10 +296,8 @@ class MPIMagics(Magics):
         """%mpi_pull NAME [NAME ...]: {rank: value} (a list of values per rank for several names)."""
         args = parse_argstring(self.mpi_pull, line)
         targets = self._definite_targets(args.targets, "mpi_pull")
-        try:
+        with _reported():
             return self.client.pull(args.names[0] if len(args.names) == 1 else args.names, targets)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
 
     @magic_arguments()
     @argument("name", help="a client variable holding a list, tuple or NumPy array")
@@ -312,10 +309,8 @@ class MPIMagics(Magics):
         targets = self._definite_targets(args.targets, "mpi_scatter")
         if args.name not in self.shell.user_ns:
             raise UsageError(f"not defined on the client: {args.name}")
-        try:
+        with _reported():
             self.client.scatter(args.name, self.shell.user_ns[args.name], targets)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
         print(f"scattered {args.name} over ranks {format_ranks(targets)}")
 
     @magic_arguments()
@@ -326,10 +321,8 @@ class MPIMagics(Magics):
         """%mpi_gather NAME: the servers' parts of NAME joined in rank order (arrays concatenated)."""
         args = parse_argstring(self.mpi_gather, line)
         targets = self._definite_targets(args.targets, "mpi_gather")
-        try:
+        with _reported():
             return self.client.gather(args.name, targets)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
 
     # -- status ---------------------------------------------------------------------------
     @line_magic
@@ -345,6 +338,18 @@ class MPIMagics(Magics):
         if line.strip():
             raise UsageError("%mpi_monitor takes no arguments")
         show_monitor(self.monitor, getattr(self.shell, "kernel", None))
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Errors of the variable magics as a user should see them: bad input as a UsageError,
+    failures on servers merged by rank (as %%px shows them), without the client's frames."""
+    try:
+        yield
+    except ServerError as exc:
+        raise show.RemoteError(exc.responses) from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def status_table(status: dict[int, dict]) -> str:

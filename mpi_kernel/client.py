@@ -28,6 +28,14 @@ log = logging.getLogger("mpi_kernel.client")
 StreamCallback = Callable[[int, "int | None", str, str], None]
 
 
+class ServerError(RuntimeError):
+    """push, pull, scatter or gather failed on a server; `responses` holds every failed response."""
+
+    def __init__(self, message: str, responses: list[dict]) -> None:
+        super().__init__(message)
+        self.responses = responses
+
+
 class MPICommandClient(Configurable):
     """The one client of the process: `MPICommandClient()` always returns it."""
 
@@ -328,7 +336,7 @@ class MPICommandClient(Configurable):
                 self._requests.pop(i)
         failed = [r for r in responses if not r["successful"]]
         if failed:
-            raise RuntimeError(f"{label} failed on server {failed[0]['server']}:\n{failed[0]['traceback']}")
+            raise ServerError(f"{label} failed on server {failed[0]['server']}:\n{failed[0]['traceback']}", failed)
         return {r["server"]: r["ret"] for r in responses}
 
     # -- interrupts ------------------------------------------------------------------------

@@ -184,7 +184,8 @@ class MPICommandServer:
     def _refuse(self, exc: transport.DecodeError) -> None:
         """Answer a request that cannot be unpickled here. Its id is inside it, so the
         reply carries None: the client knows which request this server is running."""
-        text = (f"DecodeError: the request could not be unpickled on server {self.env.rank}: {exc}. "
+        # No rank in the text (the response says which server): identical errors merge.
+        text = (f"DecodeError: the request could not be unpickled on the server: {exc}. "
                 f"Values sent to the servers must be importable there (the same modules, "
                 f"installed in the same environment).\n")
         transport.send(self.env.framework, protocol.make_reply(None, traceback=text),
@@ -279,7 +280,7 @@ class MPICommandServer:
         missing = [n for n in names if n not in self.namespace]
         if missing:
             return protocol.make_reply(request_id, traceback=(
-                f"NameError: {', '.join(map(repr, missing))} not defined on server {self.env.rank}\n"))
+                f"NameError: {', '.join(map(repr, missing))} not defined on the server\n"))
         return protocol.make_reply(request_id, [self.namespace[n] for n in names], True)
 
     # -- interrupts ----------------------------------------------------------------------

@@ -55,8 +55,8 @@ def test_bad_input_errors_keep_queued_work(job):
     assert errors["bad parameters"].startswith("TypeError: parameters must be a dict")
     assert errors["unpicklable parameter"].startswith("TypeError: cannot send 'f' to the servers")
     assert "cannot be pickled" in errors["unpicklable parameter"]
-    assert errors["pull missing"].startswith("RuntimeError: <pull not_there> failed on server 1")
-    assert "NameError: 'not_there' not defined on server 1" in errors["pull missing"]
+    assert errors["pull missing"].startswith("ServerError: <pull not_there> failed on server 1")
+    assert errors["pull missing"].endswith("failed on server 1:\nNameError: 'not_there' not defined on the server\n")
     assert errors["timeout"].startswith("TimeoutError: no response within 0.2 s for command request ids")
     assert "(server 2, request sent)" in errors["timeout"]
 
@@ -130,7 +130,7 @@ def test_values_that_cannot_be_unpickled_on_the_other_side(job, tmp_path):
     """)
     sent, after, back, last = last_json(out)
     assert sent[0] is False and sent[1].startswith(
-        "DecodeError: the request could not be unpickled on server 0: "
+        "DecodeError: the request could not be unpickled on the server: "
         "ModuleNotFoundError: No module named 'client_mod'")
     assert back[0] is False and back[1].startswith(
         "DecodeError: the result from server 0 could not be unpickled on the client: "

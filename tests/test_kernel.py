@@ -155,6 +155,14 @@ def test_scatter_and_gather_magics(kc):
     assert "UsageError: scatter needs a sequence that can be sliced" in text_of(out, "stderr")
 
 
+def test_pulling_a_missing_name_is_a_merged_remote_error(kc):
+    for line in ("%mpi_pull missing_name", "%mpi_gather missing_name"):
+        status, out = run(kc, line)
+        (err,) = [o for o in out if o["type"] == "error"]
+        assert status == "error" and (err["ename"], err["evalue"]) == ("RemoteError", "NameError on ranks 0-2")
+        assert ANSI.sub("", "\n".join(err["traceback"])).endswith("NameError: 'missing_name' not defined on the server\n")
+
+
 def test_push_functions_and_classes_defined_in_the_notebook(kc):
     status, out = run(kc, "%%mpi_push\nclass Scaled:\n    def __init__(self, k): self.k = k\n"
                           "def scale(x): return Scaled(3).k * x")
