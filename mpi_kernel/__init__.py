@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["MPICommandClient", "MPICommandServer", "__version__"]
+__all__ = ["MPICommandClient", "MPICommandServer", "ServerError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing the package (e.g. for `install`) must not start MPI.
-    if name == "MPICommandClient":
-        from .client import MPICommandClient
-        return MPICommandClient
+    if name in ("MPICommandClient", "ServerError"):
+        from . import client
+        return getattr(client, name)
     if name == "MPICommandServer":
         from .server import MPICommandServer
         return MPICommandServer
