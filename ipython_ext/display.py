@@ -15,17 +15,41 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RED, GREEN, CYAN, RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[39m"
 
 
-def label_lines(text: str, name: str, rank: int) -> str:
-    """Prefix each line with [stdout:0] (or [stderr:0])."""
-    lines = text.splitlines(keepends=True)
-    return "".join(f"[{name}:{rank}] {line}" for line in lines)
+class StreamPrinter:
+    """Writes server output with [stdout:0] (or [stderr:0]) at the start of each line.
+
+    A line that arrives in pieces (print(..., end=""), a prompt) gets one label; a rank's
+    unfinished line is ended before another rank writes to the same stream; after a
+    carriage return (a progress bar redrawing its line) the label is written again.
+    The caller flushes once per batch (each flush waits for ipykernel's IOPub thread).
+    """
+
+    def __init__(self) -> None:
+        # stream name -> (rank owning the unfinished line, whether it is at the line's start)
+        self._open: dict[str, tuple[int, bool]] = {}
+
+    def label(self, rank: int, name: str, text: str) -> str:
+        out = []
+        if self._open.get(name, (rank,))[0] != rank:  # end the other rank's line, or this output would overwrite it
+            out.append("\n")
+            self._open.pop(name)
+        for piece in _LINE_ENDS.split(text):
+            if not piece:
+                continue
+            if name not in self._open or self._open[name][1]:
+                out.append(f"[{name}:{rank}] ")
+            out.append(piece)
+            if piece[-1] == "\n":
+                self._open.pop(name, None)
+            else:
+                self._open[name] = (rank, piece[-1] == "\r")
+        return "".join(out)
+
+    def write(self, rank: int, name: str, text: str) -> None:
+        (sys.stderr if name == "stderr" else sys.stdout).write(self.label(rank, name, text))
 
 
-def print_stream(rank: int, name: str, text: str) -> None:
-    """Write labelled output; the caller flushes once per batch (each flush waits for
-    ipykernel's IOPub thread, about 0.25 ms)."""
-    stream = sys.stderr if name == "stderr" else sys.stdout
-    stream.write(label_lines(text, name, rank))
+_LINE_ENDS = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")  # split after each line end (\n, \r\n, \r)
 
 
 def flush() -> None:

@@ -43,6 +43,7 @@ class MPIMagics(Magics):
         self.deferred: dict[int, list] = {}                     # displays of --noblock requests
         self.pending: dict[str, tuple[list[int], bool]] = {}    # %pxresult NAME -> (ids, want value)
         self.autopx = False
+        self.printer = show.StreamPrinter()
         self.monitor = MonitorUpdater(client.get_server_status)
         client.stream_callback = lambda *event: self.events.append(("stream", *event))
         client.display_callback = lambda *event: self.events.append(("display", *event))
@@ -121,6 +122,7 @@ class MPIMagics(Magics):
     def _wait(self, ids: list[int], timeout: float | None, live: bool, hint: str) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
         progress = show.ProgressLine(len(ids), after=self.progress_after, hint=hint)
+        self.printer = show.StreamPrinter()  # a fresh cell: no line is left open
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         try:
             while not self.client.wait(ids, timeout=slice_):
@@ -190,7 +192,7 @@ class MPIMagics(Magics):
         for kind, server, _, *rest in sorted(batch, key=lambda event: event[1]):
             if kind == "stream":
                 if live:
-                    show.print_stream(server, *rest)
+                    self.printer.write(server, *rest)
                     shown = True
             else:
                 show.show_display(server, rest[0], rest[1])
@@ -208,7 +210,7 @@ class MPIMagics(Magics):
             for r in sorted(responses, key=lambda r: r["server"]):
                 for name in ("stdout", "stderr"):
                     if r[name]:
-                        show.print_stream(r["server"], name, r[name])
+                        self.printer.write(r["server"], name, r[name])
         count = self.shell.execution_count
         for r in sorted(responses, key=lambda r: r["server"]):
             if r["successful"] and r["ret"] is not None:

@@ -5,6 +5,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipython_ext.display import StreamPrinter
 from ipython_ext.magics import MPIMagics, _split_line, assigned_names, status_table
 from ipython_ext.targets import parse_targets
 
@@ -109,3 +110,14 @@ def test_status_table():
     assert table.splitlines() == ["rank  host  pid  state    command      elapsed",
                                   "0     h     7    busy     train() ...  2.2 s",
                                   "1     h     8    timeout"]
+
+
+def test_stream_labels_start_each_line_once():
+    p = StreamPrinter()
+    assert p.label(0, "stdout", "name? ") == "[stdout:0] name? "
+    assert p.label(1, "stdout", "name? ") == "\n[stdout:1] name? "   # rank 0's line is ended first
+    assert p.label(1, "stdout", "bob\nnext\n") == "bob\n[stdout:1] next\n"
+    assert p.label(2, "stderr", "a\r\nb") == "[stderr:2] a\r\n[stderr:2] b"
+    # A progress bar redrawing its line keeps its label, and another rank's does not overwrite it.
+    assert p.label(0, "stdout", "\r 10%\r 20%") == "[stdout:0] \r[stdout:0]  10%\r[stdout:0]  20%"
+    assert p.label(1, "stdout", "\r 10%") == "\n[stdout:1] \r[stdout:1]  10%"
