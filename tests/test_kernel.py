@@ -193,6 +193,8 @@ def test_ipython_syntax_in_px_cells(kc):
     assert "Out[0:" in text and "Out[1:" in text
     status, out = run(kc, "%px %time 1+1")
     assert status == "ok" and text_of(out).count("Wall time") == 3
+    status, out = run(kc, "%%px --targets 0\n%%timeit -n 5 -r 1\nsum(range(10))")
+    assert status == "ok" and text_of(out).startswith("[stdout:0] ") and "per loop" in text_of(out)
 
 
 def test_output_written_between_cells_shows_in_the_next_px_cell(kc):
