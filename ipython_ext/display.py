@@ -30,7 +30,8 @@ class StreamPrinter:
 
     def label(self, rank: int, name: str, text: str) -> str:
         out = []
-        if self._open.get(name, (rank,))[0] != rank:  # end the other rank's line, or this output would overwrite it
+        # End another rank's unfinished line first: this output would run on (or overwrite) it.
+        if self._open.get(name, (rank,))[0] != rank:
             out.append("\n")
             self._open.pop(name)
         for piece in _LINE_ENDS.split(text):
