@@ -149,7 +149,8 @@ class MPICommandClient(Configurable):
         with self._lock:
             if self._state == "stopped":
                 return
-            pending = [i for i in self._requests if i not in self._responses]
+            pending = [i for i, r in self._requests.items()
+                       if i not in self._responses and "forgotten" not in r]
             if pending:
                 log.warning("stopping with %d requests unanswered (ids %s)", len(pending),
                             protocol.format_ranks(pending))
