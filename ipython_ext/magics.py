@@ -131,10 +131,10 @@ class MPIMagics(Magics):
                 waiting = self._waiting(ids)
                 progress.update(waiting)
                 if timeout is not None and time.monotonic() - progress.start > timeout:
-                    self._expire(ids, waiting, timeout, hint)
+                    self._expire(ids, timeout, hint)
         except KeyboardInterrupt:
             # The kernel's interrupt already reached the servers; make sure, then collect.
-            self.client.interrupt(self._waiting(ids))
+            self._stop(ids)
             if not self.client.wait(ids, timeout=5):
                 self._drain(ids, live)
                 progress.close()
@@ -146,13 +146,25 @@ class MPIMagics(Magics):
     def _waiting(self, ids: list[int]) -> list[int]:
         return sorted(s for s in self.client.unanswered(ids).values() if s is not None)
 
-    def _expire(self, ids: list[int], waiting: list[int], timeout: float, hint: str) -> None:
-        stacks = self.client.stacks(waiting)
+    def _stop(self, ids: list[int]) -> None:
+        """Cancel the requests that have not started; interrupt the servers running the
+        others (each server runs one request at a time)."""
+        self.client.cancel_queued(ids)
+        running = self._waiting(ids)
+        if running:
+            self.client.interrupt(running)
+
+    def _expire(self, ids: list[int], timeout: float, hint: str) -> None:
+        self.client.cancel_queued(ids)  # not started: they never will
+        waiting = self._waiting(ids)
+        stacks = self.client.stacks(waiting)  # before the interrupt: where they were stuck
         status = self.client.get_server_status()
-        self.client.interrupt(waiting)
+        if waiting:
+            self.client.interrupt(waiting)
         self.client.wait(ids, timeout=3)
         self._drain(ids, True)
-        lines = [f"%%px --timeout {timeout:g} s expired; still busy: {show.ranks_word(waiting)}"]
+        busy = f"still busy: {show.ranks_word(waiting)}" if waiting else "it had not started"
+        lines = [f"%%px --timeout {timeout:g} s expired; {busy}"]
         for rank in waiting:
             command = (status[rank].get("command") or "").strip().splitlines()
             lines.append(f"rank {rank} was running: {command[0] if command else '?'}"

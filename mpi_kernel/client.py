@@ -353,6 +353,23 @@ class MPICommandClient(Configurable):
                 self._control(server, protocol.INTERRUPT, self._inflight[server])
         return busy
 
+    def cancel_queued(self, ids: Iterable[int] | None = None) -> list[int]:
+        """Cancel requests that are still queued (default: all); they never run, and each gets
+        an unsuccessful response saying so. Returns their ids. Sent requests are not touched
+        (interrupt() stops those)."""
+        with self._lock:
+            queued = list(self._encoded) if ids is None else [i for i in ids if i in self._encoded]
+            for request_id in queued:
+                request = self._requests[request_id]
+                del self._encoded[request_id]
+                queue = self._any_queue if request["server"] is None else self._queues[request["server"]]
+                queue.remove(request_id)
+                reply = protocol.make_reply(request_id, traceback="KeyboardInterrupt: cancelled while queued; "
+                                                                  "it did not run\n")
+                self._responses[request_id] = protocol.response_from_reply(request, request["server"], reply)
+                request["status"] = protocol.RESPONSE_RECEIVED
+        return queued
+
     # -- internals: queueing ---------------------------------------------------------------
     def _control(self, server: int, kind: str, arg: Any) -> None:
         """A message for the server's monitor thread (the mirror of MPICommandServer.send_event)."""

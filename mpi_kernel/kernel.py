@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,9 +38,12 @@ class MPIKernel(IPythonKernel):
                 f"(rank {last + 1}); servers are ranks 0-{last}. Try %%px, %mpi_status, %mpi_monitor.")
 
     def _send_interrupt_children(self) -> None:
-        # Jupyter's interrupt button (interrupt_mode "message"): stop the servers' running
-        # commands over MPI, then interrupt this process's cell as ipykernel does.
+        # Jupyter's interrupt button (interrupt_mode "message") stops everything: queued
+        # requests are cancelled (else they would start the moment a server is free), the
+        # servers' running commands are interrupted over MPI, then this process's cell is
+        # interrupted as ipykernel does.
         try:
+            self.mpi.cancel_queued()
             self.mpi.interrupt()
         except Exception:
             log.exception("could not relay the interrupt to the servers")
@@ -90,6 +94,10 @@ def main(argv: list[str]) -> int:
     # Load IPython on the servers now rather than in the user's first %%px cell, which
     # queues behind it. Not earlier: on few cores the servers would slow the client's own
     # set-up; and not waited for, so the kernel is ready sooner (0.5 s at 16 ranks on 2 cores).
+    idle_handler = signal.getsignal(signal.SIGINT)  # ipykernel's choice between cells
     client.forget(client.execute_cell("None", client.servers()))
+    # Sending installed the client's SIGINT guard; ipykernel would save it before each cell
+    # and restore it after, so an interrupt of the idle kernel would raise and end the job.
+    signal.signal(signal.SIGINT, idle_handler)
     app.start()
     return 0

@@ -278,6 +278,47 @@ def test_interrupt_while_true_on_all_servers(kernel):
     assert status == "ok" and "Out[2:" in text_of(out)
 
 
+def test_interrupt_of_the_idle_kernel_keeps_the_job(kernel):
+    km, kc = kernel
+    run(kc, "%px 1")               # %%px cells use the client's SIGINT guard in the main thread
+    km.interrupt_kernel()          # the stop button while nothing runs
+    time.sleep(0.5)
+    status, out = run(kc, "%%px\nrank")
+    assert km.is_alive() and status == "ok" and "Out[2:" in text_of(out)
+
+
+def test_interrupt_cancels_queued_cells_and_stops_running_ones(kernel):
+    km, kc = kernel
+    status, out = run(kc, "%%px --noblock --targets 0 --out background\nimport time\ntime.sleep(30)")
+    assert status == "ok"
+    msg_id = kc.execute("%%px --targets 0\nprint('must not run')")  # queued behind the sleep
+    time.sleep(0.5)
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
+    assert reply["content"]["evalue"] == "KeyboardInterrupt on rank 0"
+    assert "cancelled while queued; it did not run" in ANSI.sub("", "\n".join(reply["content"]["traceback"]))
+    status, out = run(kc, "%pxresult background")     # the running one was interrupted
+    (err,) = [o for o in out if o["type"] == "error"]
+    assert err["evalue"] == "KeyboardInterrupt on rank 0"
+    assert "time.sleep(30)" in ANSI.sub("", "\n".join(err["traceback"]))
+    status, out = run(kc, "%%px --targets 0\n'served'")
+    assert status == "ok" and "'served'" in text_of(out)
+
+
+def test_timeout_of_a_cell_that_never_started(kernel):
+    km, kc = kernel
+    run(kc, "%%px --noblock --targets 0 --out blocker\nimport time\ntime.sleep(30)")
+    status, out = run(kc, "%%px --targets 0 --timeout 0.5\nprint('must not run')")
+    (err,) = [o for o in out if o["type"] == "error"]
+    text = ANSI.sub("", "\n".join(err["traceback"]))
+    assert status == "error" and "%%px --timeout 0.5 s expired; it had not started" in text
+    assert "cancelled while queued; it did not run" in text and "must not run" not in text_of(out)
+    km.interrupt_kernel()                                  # the idle kernel's stop button
+    status, out = run(kc, "%pxresult blocker")
+    assert [o["evalue"] for o in out if o["type"] == "error"] == ["KeyboardInterrupt on rank 0"]
+
+
 def test_monitor_without_ipywidgets_updates_in_place_for_its_own_cell(kc):
     """The HTML fallback is updated from a thread with the parent header of the cell that
     created it, not of the cell running at the time (ipykernel 7 routes by parent)."""

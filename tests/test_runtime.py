@@ -143,6 +143,26 @@ def test_scatter_and_gather(job):
         "ValueError: scatter: '1x' is not a valid Python variable name"]
 
 
+def test_cancel_queued_requests(job):
+    out = job(r"""
+        import json
+        c = MPICommandClient()
+        c.start_services()
+        running = c.push_command_request("__import__('time').sleep(0.5) or 'ran'", False, [0, 1, 2])
+        queued = c.push_command_request("'queued'", False, 0) + c.push_command_request("'any'", False, None)
+        untouched = c.cancel_queued(running)
+        cancelled = c.cancel_queued()
+        responses = c.get_command_response(running + queued, True)
+        after = c.push_command_request("'next'", True, None)[0]["ret"]
+        print(json.dumps([untouched, cancelled == queued, [(r["ret"], r["successful"], r["traceback"])
+                                                             for r in responses], after]))
+    """)
+    untouched, same, responses, after = last_json(out)
+    cancelled = [None, False, "KeyboardInterrupt: cancelled while queued; it did not run\n"]
+    assert untouched == [] and same is True and after == "next"
+    assert responses == [["ran", True, None]] * 3 + [cancelled] * 2
+
+
 def test_interrupt_busy_loop_on_all_servers(job):
     out = job(r"""
         import json
