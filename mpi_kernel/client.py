@@ -364,9 +364,7 @@ class MPICommandClient(Configurable):
                 del self._encoded[request_id]
                 queue = self._any_queue if request["server"] is None else self._queues[request["server"]]
                 queue.remove(request_id)
-                reply = protocol.make_reply(request_id, traceback="KeyboardInterrupt: cancelled while queued; "
-                                                                  "it did not run\n")
-                self._responses[request_id] = protocol.response_from_reply(request, request["server"], reply)
+                self._responses[request_id] = protocol.cancelled_response(request)
                 request["status"] = protocol.RESPONSE_RECEIVED
         return queued
 

@@ -154,6 +154,12 @@ def response_from_reply(request: dict, server: int, reply: tuple) -> dict:
     }
 
 
+def cancelled_response(request: dict) -> dict:
+    """The response of a request cancelled while still queued: it never ran."""
+    reply = make_reply(request["id"], traceback="KeyboardInterrupt: cancelled while queued; it did not run\n")
+    return response_from_reply(request, request["server"], reply)
+
+
 def timeout_response(request: dict, server: int, timeout: float) -> dict:
     """The synthetic response a pending request gets when its server times out."""
     text = (f"Timeout of assigned server {server}: it did not answer the monitor for more than "

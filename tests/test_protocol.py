@@ -72,3 +72,12 @@ def test_timeout_response():
     assert response["successful"] is False
     assert response["traceback"].startswith("Timeout of assigned server 2")
     assert "1.5 s" in response["traceback"]
+
+
+def test_cancelled_response():
+    request = {"id": 4, "command": "f()", "mode": "eval", "parameters": None, "server": None}
+    response = protocol.cancelled_response(request)
+    assert set(response) == set(protocol.RESPONSE_KEYS)
+    assert (response["id"], response["server"], response["status"], response["successful"]) == \
+        (4, None, "response received", False)
+    assert response["traceback"] == "KeyboardInterrupt: cancelled while queued; it did not run\n"
