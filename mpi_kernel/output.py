@@ -179,6 +179,8 @@ class FdCapture:
                     self._read(read)
 
     def _watch(self) -> None:
+        # A poll object of its own: drain() polls self._poll from the main thread meanwhile,
+        # and one poll object cannot be polled by two threads at once.
         watcher = select.poll()
         for read in self._pipes:
             watcher.register(read, select.POLLIN)
