@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mpi_kernel.kernelspec import install_for_session
+from mpi_kernel.jupyter.kernelspec import install_for_session
 
 _prefix: str | None = None
 

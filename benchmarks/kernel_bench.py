@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jupyter_client.manager import KernelManager
 
-from mpi_kernel.kernelspec import install_for_session, start_ready_kernel
+from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
 
 from .stats import summarize
 

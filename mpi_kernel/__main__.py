@@ -3,7 +3,11 @@
     mpiexec -n N python -m mpi_kernel script.py [args]   run a script on the client
     mpiexec -n N python -m mpi_kernel -c CODE [args]     run code on the client
     mpiexec -n N python -m mpi_kernel -m MODULE [args]   run a module on the client
-    mpiexec -n N python -m mpi_kernel -f CONNECTION_FILE run the Jupyter kernel on the client
+    python -m mpi_kernel supervise -f CONNECTION_FILE -- LAUNCHER...
+                                                         what kernel.json starts: the supervisor
+                                                         (jupyter/supervisor.py), which launches
+    LAUNCHER -n N python -m mpi_kernel --kernel          the Jupyter kernel on the client
+    mpiexec -n N python -m mpi_kernel -f CONNECTION_FILE the kernel without a supervisor (one host)
     python -m mpi_kernel install [...]                   write a kernelspec (no MPI needed)
 
 Ranks 0..N-2 serve commands; the top rank runs the script, code or kernel, and
@@ -50,17 +54,26 @@ def _run_client(argv: list[str]) -> int:
 
 def _stop_servers() -> None:
     from .client import MPICommandClient
-    MPICommandClient().stop_services()
+    from .environment import abort
+    if MPICommandClient().stop_services():
+        abort(1)  # stuck servers would keep the job (and other hosts' ranks) alive for ever
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "install":
-        from .kernelspec import main as install
+        from .jupyter.kernelspec import main as install
         return install(argv[1:])
+    if argv and argv[0] == "supervise":
+        from .jupyter.supervisor import main as supervise
+        return supervise(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
+    from .jupyter import link
+    if link.ENV in os.environ:  # a rank of a supervised job: a guard reports how it ends
+        from .jupyter import guard
+        guard.guard()
     from . import environment
     try:
         env = environment.launch()
@@ -72,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         MPICommandServer().serve()
         return 0
     try:
-        if argv[0] == "-f":
-            from .kernel import main as kernel_main
+        if argv[0] in ("-f", "--kernel"):
+            from .jupyter.kernel import main as kernel_main
             return kernel_main(argv)
         return _run_client(argv)
     finally:

@@ -144,11 +144,15 @@ class MPICommandClient(Configurable):
             self._service.start()
         log.info("all services started on servers %s", protocol.format_ranks(self._servers))
 
-    def stop_services(self) -> None:
-        """Stop the servers (they exit) and the client's services. Safe to call twice."""
+    def stop_services(self) -> list[int]:
+        """Stop the servers (they exit) and the client's services. Safe to call twice.
+
+        Returns the servers that did not confirm the stop within `stop_timeout`: those are
+        stuck (in C, or in a collective), and the job can only end by MPI_Abort.
+        """
         with self._lock:
             if self._state == "stopped":
-                return
+                return []
             pending = [i for i, r in self._requests.items()
                        if i not in self._responses and "forgotten" not in r]
             if pending:
@@ -165,6 +169,7 @@ class MPICommandClient(Configurable):
             log.error("servers %s did not confirm the stop within %g s",
                       protocol.format_ranks(sorted(missing)), self.stop_timeout)
         log.info("all services stopped")
+        return sorted(missing)
 
     def _at_exit(self) -> None:
         if self._state == "running":

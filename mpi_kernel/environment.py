@@ -123,3 +123,11 @@ def current() -> MPIEnvironment:
             f"mpiexec -n 4 {sys.executable} -m mpi_kernel script.py, so that the other ranks "
             "serve commands.")
     return _current
+
+
+def abort(code: int = 1) -> None:
+    """End the whole job on every host (MPI_Abort), when an orderly stop cannot work: the
+    launchers do not end ranks on other hosts when one rank just exits."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(code)

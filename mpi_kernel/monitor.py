@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import threading
 import time
@@ -153,11 +152,13 @@ class MonitorServer:
         while self.server.is_serving() and time.monotonic() < deadline:
             time.sleep(0.01)
         if self.server.is_serving():
-            # The main thread is stuck in C (e.g. a collective the client never joins):
-            # exit hard rather than leave mpiexec hanging.
-            log.error("server %d did not stop within %g s; exiting without MPI_Finalize",
+            # The main thread is stuck in C (e.g. a collective the client never joins). Only
+            # MPI_Abort ends such a job on every host; an exit would leave other hosts' ranks
+            # waiting for ever (hydra does not end them).
+            log.error("server %d did not stop within %g s; aborting the job",
                       self.server.env.rank, grace)
-            os._exit(1)
+            from .environment import abort
+            abort(1)
 
 
 def pthread_interrupt(thread_id: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from jupyter_client.manager import KernelManager
 
-from mpi_kernel.kernelspec import install_for_session, start_ready_kernel
+from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
 
 KERNEL_NAME = "mpi-test"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -31,18 +31,35 @@ def default_mpiexec() -> str:
     return shutil.which("mpiexec") or "mpiexec"
 
 
-def make_argv(ranks: int, mpiexec: str, mpiexec_args: list[str], python: str) -> list[str]:
-    return [mpiexec, *mpiexec_args, "-n", str(ranks), python, "-m", "mpi_kernel", "-f",
-            "{connection_file}"]
+def make_argv(ranks: int, mpiexec: str, mpiexec_args: list[str], python: str,
+              supervisor_args: list[str] | None = None) -> list[str]:
+    """The supervisor on the Jupyter host, then the launcher line it runs."""
+    return [python, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}", *(supervisor_args or []),
+            "--", mpiexec, *mpiexec_args, "-n", str(ranks), python, "-m", "mpi_kernel", "--kernel"]
+
+
+def supervisor_args(prelude: str | None = None, stop_timeout: float | None = None,
+                    link_address: str | None = None) -> list[str]:
+    args = []
+    if prelude:
+        args += ["--prelude", prelude]
+    if stop_timeout is not None:
+        args += ["--stop-timeout", f"{stop_timeout:g}"]
+    if link_address:
+        args += ["--link-address", link_address]
+    return args
 
 
 def make_kernel_dict(ranks: int = DEFAULT_RANKS, mpiexec: str | None = None,
                      mpiexec_args: list[str] | None = None, display_name: str | None = None,
-                     env: dict[str, str] | None = None, python: str | None = None) -> dict:
+                     env: dict[str, str] | None = None, python: str | None = None,
+                     prelude: str | None = None, stop_timeout: float | None = None,
+                     link_address: str | None = None) -> dict:
     """kernel.json's content, from the template in kernelspec/."""
     template = json.loads(resources.files("mpi_kernel.spec_template").joinpath("kernel.json").read_text())
     template["argv"] = make_argv(ranks, mpiexec or default_mpiexec(), mpiexec_args or [],
-                                 python or sys.executable)
+                                 python or sys.executable,
+                                 supervisor_args(prelude, stop_timeout, link_address))
     template["display_name"] = display_name or template["display_name"].replace("{ranks}", str(ranks))
     template["env"] = dict(env or {})
     return template
@@ -141,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                              '--mpiexec-args="--mpi=pmix" when they start with a dash')
     parser.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
                         help="environment variable for the kernel (repeatable)")
+    parser.add_argument("--prelude", help="shell commands run before the launcher, e.g. "
+                                          "'module load openmpi' (as sites' kernel helper scripts do)")
+    parser.add_argument("--stop-timeout", type=float, default=None,
+                        help="seconds the servers have to confirm a stop before the job is aborted "
+                             "(default 1)")
+    parser.add_argument("--link-address", help="address of the Jupyter host that the kernel rank "
+                                               "connects back to (default: the host's name)")
     args = parser.parse_args(argv)
     mpiexec = args.mpiexec or default_mpiexec()
     if os.sep in mpiexec and not os.access(mpiexec, os.X_OK):
@@ -151,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = sys.prefix if args.sys_prefix else args.prefix
     path = install(args.name, user=args.user, prefix=prefix, ranks=args.ranks, mpiexec=mpiexec,
                    mpiexec_args=shlex.split(args.mpiexec_args), display_name=args.display_name,
-                   env=dict(args.env))
+                   env=dict(args.env), prelude=args.prelude, stop_timeout=args.stop_timeout,
+                   link_address=args.link_address)
     print(f"Installed kernelspec {args.name} in {path}")
     return 0

@@ -1,0 +1,74 @@
+"""Words for a job that died: which ranks, where, how, and what they printed last (pure)."""
+from __future__ import annotations
+
+import signal
+
+HINTS = {
+    signal.SIGKILL: "out of memory, or killed by the batch system?",
+    signal.SIGSEGV: "a crash in C or Fortran code",
+    signal.SIGBUS: "a crash in C or Fortran code (bad memory access)",
+    signal.SIGFPE: "an arithmetic error in C or Fortran code",
+    signal.SIGABRT: "abort() in C code: a failed assertion?",
+    signal.SIGTERM: "terminated: the batch system's time limit, or a user?",
+}
+ERROR_NAME = "MPIJobDied"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def how(entry: dict) -> str:
+    """'killed by signal 9 (SIGKILL): out of memory, ...?' or 'exited with code 3'."""
+    if "signal" in entry:
+        number = entry["signal"]
+        hint = HINTS.get(number)
+        return f"killed by signal {number} ({signal_name(number)})" + (f": {hint}" if hint else "")
+    code = entry.get("code")
+    return f"exited with code {code}" + (" (MPI_Abort, sys.exit or os._exit?)" if code else "")
+
+
+def who(entry: dict, client_rank: int | None) -> str:
+    rank = entry.get("rank")
+    if rank is None:
+        name = "a rank"
+    elif rank == client_rank:
+        name = f"the kernel's own rank {rank}"
+    else:
+        name = f"server rank {rank}"
+    return f"{name} on {entry.get('host', '?')} (pid {entry.get('pid', '?')})"
+
+
+def summary(ended: list[dict], launcher_code: int | None, client_rank: int | None,
+            launcher: str = "the launcher") -> str:
+    """One sentence: the first rank that ended is the cause; the others follow it."""
+    if not ended:
+        how_launcher = ("is still running" if launcher_code is None else
+                        f"ended with {how(_launcher_entry(launcher_code))}")
+        return f"the MPI job ended without a rank reporting why; {launcher} {how_launcher}"
+    first, rest = ended[0], ended[1:]
+    text = f"{who(first, client_rank)} {how(first)}"
+    if rest:
+        text += "; then " + "; ".join(f"{who(e, client_rank)} {how(e)}" for e in rest)
+    return text
+
+
+def _launcher_entry(code: int) -> dict:
+    # Popen gives -N for a launcher killed by signal N.
+    return {"signal": -code} if code < 0 else {"code": code}
+
+
+def report(ended: list[dict], launcher_code: int | None, client_rank: int | None,
+           tail: list[str], restarting: bool) -> tuple[str, list[str]]:
+    """(evalue, traceback lines) for the cell's error and the kernel log."""
+    cause = summary(ended, launcher_code, client_rank)
+    lines = [f"{ERROR_NAME}: the MPI job died: {cause}.",
+             "Every rank's variables are lost."]
+    if tail:
+        lines += ["", "The job's last output (outside cells):", *(f"    {t}" for t in tail)]
+    lines += ["", "The supervisor is starting a new MPI job; run the notebook's set-up cells again."
+              if restarting else "The kernel has stopped; Jupyter's restarter may start a new one."]
+    return cause, lines

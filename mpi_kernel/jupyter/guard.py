@@ -1,0 +1,95 @@
+"""A small parent for each rank of a supervised job, which says how the rank ended.
+
+A rank killed by SIGKILL (the OOM killer), a segfault or os._exit cannot report itself,
+and the launchers' own messages name the wrong process or none. So each rank forks
+before MPI starts: the child is the rank; the parent, on the same host, waits for it and
+writes one line to the launcher's stderr when it ends abnormally:
+
+    mpi-kernel-rank-ended {"rank": 1, "host": "hostB", "pid": 4242, "signal": 9}
+
+The supervisor reads these lines from the launcher's output. Then the guard ends as its
+rank did (same signal or exit code), so the launcher sees what it would have seen.
+Signals the launcher sends the guard go on to the rank, and the rank never outlives its
+guard (PR_SET_PDEATHSIG). Only Linux has that; elsewhere ranks run unguarded.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+MARK = "mpi-kernel-rank-ended "
+RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP)
+PR_SET_PDEATHSIG = 1
+
+
+def launcher_rank(environ: dict | None = None) -> int | None:
+    """The rank the launcher gave this process, from its environment (MPI is not up yet)."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARS:
+        if environ.get(name, "").isdigit():
+            return int(environ[name])
+    return None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send `sig` to this process when its parent ends; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def record(status: int, rank: int | None, pid: int) -> dict | None:
+    """What to report for a waitpid() status; None for a clean exit."""
+    entry = {"rank": rank, "host": socket.gethostname(), "pid": pid}
+    if os.WIFSIGNALED(status):
+        return {**entry, "signal": os.WTERMSIG(status)}
+    code = os.waitstatus_to_exitcode(status)
+    return {**entry, "code": code} if code else None
+
+
+def guard() -> None:
+    """Fork; return in the child, which goes on to be the rank. The parent never returns."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        die_with_parent()
+        if os.getppid() != parent:  # the guard ended before prctl took effect
+            os._exit(1)
+        return
+    _wait_and_report(pid)
+
+
+def _wait_and_report(pid: int) -> None:
+    # The rank holds the launcher's descriptors (PMI sockets); the guard must not, or the
+    # launcher would not see them close when the rank ends.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    entry = record(status, launcher_rank(), pid)
+    if entry is not None:
+        os.write(2, (MARK + json.dumps(entry) + "\n").encode())
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _forward(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

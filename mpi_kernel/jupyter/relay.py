@@ -1,0 +1,198 @@
+"""Relay Jupyter's channels from the ports Jupyter knows to the kernel rank's ports.
+
+The front sockets bind the connection file's addresses on the Jupyter host, so every
+frontend (JupyterLab, console, nbclient) connects as to any kernel. The back sockets
+connect to the kernel rank wherever the launcher put it. Messages pass unchanged (they
+stay signed with the connection key); the relay reads only the headers it needs:
+
+- shell ROUTER <-> DEALER, control ROUTER <-> DEALER, stdin ROUTER <-> DEALER: the broker
+  pattern. The kernel sees the relay's identity in front of the frontend's, and routes
+  its replies back through both. Shell and stdin use one identity, because the kernel
+  sends input requests to the identity of the shell request.
+- iopub XPUB <-> XSUB: subscriptions go up, so the kernel's iopub welcome reaches each
+  new frontend; messages come down.
+- heartbeat: answered here (a C-level echo thread), since the supervisor is what Jupyter
+  sees as the kernel: it is alive for as long as it owns a job or is starting one.
+
+Execute requests in flight are remembered (idents and header) so that a job that dies
+under them can still get its cell an error reply.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import zmq
+from jupyter_client.session import Session
+
+DELIMITER = b"<IDS|MSG>"
+IDENTITY = b"mpi-kernel-relay"
+ROUTED = ("shell", "control", "stdin")
+
+
+def split(frames: list[bytes]) -> tuple[list[bytes], dict, dict]:
+    """(idents, header, parent header) of a wire message; the rest stays undecoded."""
+    i = frames.index(DELIMITER)
+    return frames[:i], json.loads(frames[i + 2]), json.loads(frames[i + 3])
+
+
+class Heartbeat(threading.Thread):
+    """Echo heartbeats on the connection file's hb port, in C (zmq.device)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(name="mpi-kernel-heartbeat", daemon=True)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        self.socket.bind(address)
+
+    def run(self) -> None:
+        try:
+            zmq.device(zmq.QUEUE, self.socket, self.socket)
+        except zmq.ZMQError:  # the context is being terminated: we are exiting
+            self.socket.close(linger=0)
+
+    def stop(self) -> None:
+        self.context.term()
+
+
+class Relay:
+    """The five channels between Jupyter and the kernel rank."""
+
+    def __init__(self, context: zmq.Context, connection: dict, session: Session) -> None:
+        self.context, self.connection, self.session = context, connection, session
+        self.front: dict[str, zmq.Socket] = {}
+        self.back: dict[str, zmq.Socket] = {}
+        self.executing: dict[str, tuple[list[bytes], dict]] = {}  # msg_id -> (idents, header)
+        self.held: list[list[bytes]] = []  # control messages that came while detached
+        kinds = {"shell": zmq.ROUTER, "control": zmq.ROUTER, "stdin": zmq.ROUTER, "iopub": zmq.XPUB}
+        for channel, kind in kinds.items():
+            sock = context.socket(kind)
+            sock.linger = 1000
+            if channel in ("shell", "stdin", "control"):
+                sock.router_handover = 1  # a frontend reconnecting with its identity takes over
+            if channel == "iopub":
+                sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # each frontend's subscription goes up
+            sock.bind(self.address(channel))
+            self.front[channel] = sock
+        self.heartbeat = Heartbeat(self.address("hb"))
+        self.heartbeat.start()
+
+    def address(self, channel: str, ip: str | None = None, port: int | None = None) -> str:
+        c = self.connection
+        return f"{c.get('transport', 'tcp')}://{ip or c['ip']}:{port or c[f'{channel}_port']}"
+
+    # -- the kernel rank's end ------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return bool(self.back)
+
+    def attach(self, ip: str, ports: dict[str, int]) -> None:
+        """Connect the back sockets to the kernel rank's ports; pass on held control messages."""
+        for channel in ROUTED:
+            sock = self.context.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.IDENTITY, IDENTITY)
+            sock.connect(self.address(channel, ip, ports[channel]))
+            self.back[channel] = sock
+        sub = self.context.socket(zmq.XSUB)
+        sub.linger = 0
+        sub.connect(self.address("iopub", ip, ports["iopub"]))
+        sub.send(b"\x01")  # everything: frontends that subscribed earlier get it too
+        self.back["iopub"] = sub
+        for frames in self.held:
+            self.back["control"].send_multipart(frames)
+        self.held = []
+
+    def detach(self) -> None:
+        for sock in self.back.values():
+            sock.close()
+        self.back = {}
+
+    def sockets(self) -> list[zmq.Socket]:
+        """What the supervisor's loop should poll now."""
+        if not self.attached:
+            return [self.front["control"], self.front["iopub"]]
+        return [*self.front.values(), *self.back.values()]
+
+    # -- moving messages ------------------------------------------------------------------
+    def forward(self, sock: zmq.Socket) -> list[tuple[str, Any]]:
+        """Move every waiting message on `sock`; return what the supervisor must know:
+        ("shutdown", (idents, header, restart)) for a shutdown request."""
+        events: list[tuple[str, Any]] = []
+        channel, front = self._channel_of(sock)
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return events
+            if channel == "iopub":
+                if front:
+                    if self.attached:  # a subscription; while detached the next attach subscribes
+                        self.back["iopub"].send_multipart(frames)
+                else:
+                    self.front["iopub"].send_multipart(frames)
+                continue
+            if front:
+                events.extend(self._from_frontend(channel, frames))
+            else:
+                self._from_kernel(channel, frames)
+
+    def _channel_of(self, sock: zmq.Socket) -> tuple[str, bool]:
+        for channel, s in self.front.items():
+            if s is sock:
+                return channel, True
+        for channel, s in self.back.items():
+            if s is sock:
+                return channel, False
+        raise KeyError("not a relay socket")
+
+    def _from_frontend(self, channel: str, frames: list[bytes]) -> list[tuple[str, Any]]:
+        events = []
+        if channel in ("shell", "control"):
+            idents, header, _ = split(frames)
+            if header.get("msg_type") == "execute_request":
+                self.executing[header["msg_id"]] = (idents, header)
+            elif header.get("msg_type") == "shutdown_request":
+                content = self.session.unpack(frames[frames.index(DELIMITER) + 5])
+                events.append(("shutdown", (idents, header, bool(content.get("restart")))))
+        if self.attached:
+            self.back[channel].send_multipart(frames)
+        elif channel == "control" and not events:
+            self.held.append(frames)
+        return events
+
+    def _from_kernel(self, channel: str, frames: list[bytes]) -> None:
+        if channel == "shell":
+            _, header, parent = split(frames)
+            if header.get("msg_type") == "execute_reply":
+                self.executing.pop(parent.get("msg_id"), None)
+        self.front[channel].send_multipart(frames)
+
+    # -- messages of the supervisor's own ---------------------------------------------------
+    def fail_executing(self, ename: str, evalue: str, traceback: list[str]) -> int:
+        """End every cell in flight with an error; return how many there were."""
+        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
+        for idents, header in self.executing.values():
+            self.session.send(self.front["iopub"], "error", content, parent=header)
+            self.session.send(self.front["shell"], "execute_reply",
+                              {"status": "error", "execution_count": None, **content},
+                              parent=header, ident=idents)
+            self.publish_status("idle", header)
+        count = len(self.executing)
+        self.executing = {}
+        return count
+
+    def publish_status(self, state: str, parent: dict | None = None) -> None:
+        self.session.send(self.front["iopub"], "status", {"execution_state": state}, parent=parent)
+
+    def reply_shutdown(self, idents: list[bytes], header: dict, restart: bool) -> None:
+        self.session.send(self.front["control"], "shutdown_reply", {"status": "ok", "restart": restart},
+                          parent=header, ident=idents)
+
+    def close(self) -> None:
+        self.detach()
+        for sock in self.front.values():
+            sock.close(linger=500)
+        self.heartbeat.stop()

@@ -1,0 +1,337 @@
+"""The supervisor: the process Jupyter starts as "the kernel", on the Jupyter host.
+
+    python -m mpi_kernel supervise -f CONNECTION_FILE [options] -- LAUNCHER ARGV...
+
+It binds the connection file's ports (relay.py), starts the MPI job with the site's
+launcher (`mpiexec ...`, `srun ...`, any argv, after an optional shell prelude such as
+`module load ...`), and waits for the kernel rank to call back over the signed link
+(link.py) with the ports it bound, wherever the launcher put it. From then on it:
+
+- relays Jupyter's channels to the kernel rank;
+- ends the job when Jupyter shuts the kernel down, restarts it, or goes away (even by
+  SIGKILL): first by asking the kernel rank to MPI_Abort, then by killing the launcher,
+  whose own teardown ends the ranks on every host. It never signals a pid on another host;
+- reports a job that dies by itself: the cells in flight end with an error that names the
+  ranks that died (guard.py), where and how, and then it starts a new job, so the
+  notebook goes on with a fresh kernel (Jupyter sees a kernel "restarting");
+- passes everything the job prints outside cells to its own stdout and stderr, which
+  is the Jupyter server's log.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import zmq
+from jupyter_client.session import Session
+
+from . import deaths, guard, link
+from .relay import Relay
+
+log = logging.getLogger("mpi_kernel.supervisor")
+TAIL_LINES = 12
+
+
+@dataclasses.dataclass
+class Job:
+    """One launch of the MPI job."""
+    proc: subprocess.Popen
+    started: float
+    link: socket.socket | None = None
+    reader: link.LineReader | None = None
+    hello: dict | None = None
+    ended: list = dataclasses.field(default_factory=list)  # the guards' records, in order
+    partial: dict = dataclasses.field(default_factory=dict)  # fd -> bytes of an unfinished line
+
+
+class Supervisor:
+    def __init__(self, connection_file: str, launcher: list[str], prelude: str | None = None,
+                 stop_timeout: float = 1.0, link_address: str | None = None,
+                 relaunch: bool = True) -> None:
+        with open(connection_file) as f:
+            self.connection = json.load(f)
+        self.launcher, self.prelude, self.relaunch = launcher, prelude, relaunch
+        self.stop_timeout = stop_timeout
+        self.key = self.connection.get("key", "").encode()
+        self.session = Session(key=self.key, signature_scheme=self.connection.get(
+            "signature_scheme", "hmac-sha256"))
+        self.context = zmq.Context()
+        self.relay = Relay(self.context, self.connection, self.session)
+        self.listener = socket.create_server(("" if link_address is None else link_address, 0))
+        self.listener.setblocking(False)
+        self.link_addresses = [link_address] if link_address else _own_addresses()
+        self.job: Job | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.stop_deadline: float | None = None  # set once Jupyter asked for a shutdown
+        self.terminate_reason: str | None = None
+        self.parent = os.getppid()
+
+    # -- the job ----------------------------------------------------------------------------
+    def link_info(self) -> link.LinkInfo:
+        return link.LinkInfo(host=socket.gethostname(), addresses=self.link_addresses,
+                             port=self.listener.getsockname()[1], key=self.key.decode(),
+                             signature_scheme=self.connection.get("signature_scheme", "hmac-sha256"),
+                             transport=self.connection.get("transport", "tcp"),
+                             stop_timeout=self.stop_timeout)
+
+    def start_job(self) -> None:
+        argv = list(self.launcher)
+        if self.prelude:  # the site's set-up runs in the shell that then becomes the launcher
+            argv = ["/bin/sh", "-c", f"{self.prelude}\nexec \"$@\"", "mpi-kernel-prelude", *argv]
+        env = {k: v for k, v in os.environ.items() if k != "JPY_PARENT_PID"}  # a pid of this host only
+        env[link.ENV] = self.link_info().to_env()
+        log.info("starting the MPI job: %s", " ".join(argv))
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=guard.die_with_parent)  # the launcher dies with us
+        for pipe in (proc.stdout, proc.stderr):
+            os.set_blocking(pipe.fileno(), False)
+        self.job = Job(proc, time.monotonic())
+
+    def terminate_job(self, reason: str) -> None:
+        """End the job on every host: MPI_Abort from the kernel rank, then the launcher's teardown."""
+        job = self.job
+        if job is None or job.proc.poll() is not None:
+            return
+        log.warning("ending the MPI job: %s", reason)
+        if job.link is not None:
+            try:
+                link.send(job.link, self.key, "abort", reason=reason)
+            except OSError:
+                pass
+            self._wait_exit(0.5)
+        if job.proc.poll() is None:  # a launcher stuck or without the link: its own teardown
+            _killpg(job.proc.pid, signal.SIGKILL)
+            self._wait_exit(2.0)
+
+    def _wait_exit(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.job.proc.poll() is None and time.monotonic() < deadline:
+            self._read_output(0.02)
+        self._read_output(0)
+
+    # -- the main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts come as messages
+        guard.die_with_parent(signal.SIGTERM)  # Jupyter gone, even by SIGKILL
+        self.start_job()
+        try:
+            return self._loop()
+        finally:
+            self.terminate_job("the supervisor is exiting")
+            self.relay.close()
+            self.listener.close()
+            self.context.term()
+
+    def _on_sigterm(self, signum: int, _frame: object) -> None:
+        self.terminate_reason = "the supervisor got SIGTERM (Jupyter shut the kernel down or is gone)"
+
+    def _loop(self) -> int:
+        while True:
+            poller = zmq.Poller()
+            for sock in self.relay.sockets():
+                poller.register(sock, zmq.POLLIN)
+            for fd in self._job_fds():
+                poller.register(fd, zmq.POLLIN)
+            for item, _ in poller.poll(100):
+                self._on_ready(item)
+            if self.terminate_reason is None and os.getppid() != self.parent:
+                self.terminate_reason = "Jupyter is gone"
+            if self.terminate_reason is not None:
+                self.terminate_job(self.terminate_reason)
+                return 0
+            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+                self.terminate_job(f"the job did not end within {self.stop_timeout + 1:g} s of "
+                                   f"Jupyter's shutdown request")
+            status = self._check_job()
+            if status is not None:
+                return status
+
+    def _job_fds(self) -> list:
+        job = self.job
+        fds: list = [self.listener]
+        if job is not None:
+            fds += [p.fileno() for p in (job.proc.stdout, job.proc.stderr) if not p.closed]
+            if job.link is not None:
+                fds.append(job.link)
+        return fds
+
+    def _on_ready(self, item: object) -> None:
+        if isinstance(item, zmq.Socket):
+            for kind, detail in self.relay.forward(item):
+                if kind == "shutdown":
+                    self._on_shutdown(*detail)
+        elif item == self.listener.fileno():  # zmq's poller gives back plain sockets as fds
+            self._accept()
+        elif self.job.link is not None and item == self.job.link.fileno():
+            self._read_link()
+        else:
+            self._read_output(0)
+
+    def _on_shutdown(self, idents: list, header: dict, restart: bool) -> None:
+        self.stop_deadline = time.monotonic() + self.stop_timeout + 1.0
+        if not self.relay.attached:  # no kernel to answer: answer for it
+            self.relay.reply_shutdown(idents, header, restart)
+            self.terminate_reason = "Jupyter shut the kernel down while the job was starting"
+
+    def _check_job(self) -> int | None:
+        """Handle a job that has ended; the exit status to return, or None to go on."""
+        job = self.job
+        if job.proc.poll() is None and (job.hello is None or job.link is not None):
+            return None  # starting, or running
+        if job.proc.poll() is None:  # the kernel rank is gone but the launcher is not
+            if self.stop_deadline is not None:
+                return None  # the other ranks are finishing; the stop deadline still holds
+            self._wait_exit(1.0)  # on one host the launcher ends the other ranks itself
+            self.terminate_job("the kernel rank is gone")  # across hosts hydra would not
+        self._read_output(0.3)  # the guards' last lines
+        code = job.proc.returncode
+        if self.stop_deadline is not None:
+            log.info("the MPI job ended (launcher exit %s)", code)
+            return 0
+        if job.hello is None:
+            log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
+                      "is above", code)
+            self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", [])
+            return code or 1
+        restarting = self.relaunch
+        client_rank = job.hello.get("rank")
+        cause, lines = deaths.report(job.ended, code, list(self.tail), client_rank, restarting)
+        log.error("%s", "\n".join(lines))
+        cells = self.relay.fail_executing(deaths.ERROR_NAME, cause, lines)
+        log.info("the death was reported in %d running cell(s)", cells)
+        self.relay.detach()
+        if not restarting:
+            return 1
+        self.relay.publish_status("restarting")
+        self.tail.clear()
+        self.start_job()
+        return None
+
+    # -- the kernel rank's link --------------------------------------------------------------
+    def _accept(self) -> None:
+        try:
+            sock, peer = self.listener.accept()
+        except BlockingIOError:
+            return
+        if self.job.link is not None:
+            log.warning("a second link connection from %s refused", peer)
+            sock.close()
+            return
+        sock.setblocking(False)
+        self.job.link, self.job.reader = sock, link.LineReader(sock, self.key)
+
+    def _read_link(self) -> None:
+        job = self.job
+        try:
+            messages, closed = job.reader.read()
+        except link.LinkError as exc:
+            log.warning("%s (from %s)", exc, job.link.getpeername())
+            messages, closed = [], True
+        for message in messages:
+            if message["kind"] == "hello" and job.hello is None:
+                self._on_hello(message)
+        if closed:
+            job.link.close()
+            job.link = job.reader = None
+            if job.hello is None:
+                log.warning("a link connection closed before saying hello")
+
+    def _on_hello(self, hello: dict) -> None:
+        self.job.hello = hello
+        self.relay.attach(hello["ip"], hello["ports"])
+        log.info("kernel rank %s is up on %s (pid %s, %s:%s); servers: %s", hello["rank"],
+                 hello["host"], hello["pid"], hello["ip"], hello["ports"]["shell"],
+                 ", ".join(f"{r} on {h} pid {p}" for r, (h, p) in sorted(hello["servers"].items(),
+                                                                         key=lambda i: int(i[0]))))
+
+    # -- the job's output --------------------------------------------------------------------
+    def _read_output(self, wait: float) -> None:
+        """Pass the launcher's output on to ours; keep its tail; pick out the guards' lines."""
+        job = self.job
+        deadline = time.monotonic() + wait
+        while True:
+            got = False
+            for pipe, out in ((job.proc.stdout, sys.stdout.buffer), (job.proc.stderr, sys.stderr.buffer)):
+                if pipe.closed:
+                    continue
+                try:
+                    data = os.read(pipe.fileno(), 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    pipe.close()
+                    continue
+                got = True
+                self._take_lines(job, pipe.fileno(), data, out)
+            if not got and time.monotonic() >= deadline:
+                return
+            if not got:
+                time.sleep(0.01)
+
+    def _take_lines(self, job: Job, fd: int, data: bytes, out) -> None:
+        *lines, job.partial[fd] = (job.partial.get(fd, b"") + data).split(b"\n")
+        for raw in lines:
+            text = raw.decode("utf-8", "replace")
+            if text.startswith(guard.MARK):
+                try:
+                    job.ended.append(json.loads(text[len(guard.MARK):]))
+                except ValueError:
+                    pass
+                continue
+            out.write(raw + b"\n")
+            if text.strip():
+                self.tail.append(text)
+        out.flush()
+
+
+def _own_addresses() -> list[str]:
+    """How another host may reach this one: its names, then its non-loopback addresses."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        names += [i[4][0] for i in infos if not i[4][0].startswith("127.")]
+    except OSError:
+        pass
+    return list(dict.fromkeys(names))
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the launcher leads its own session: its local helpers go too
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpi_kernel supervise", allow_abbrev=False,
+                                     description="Run the MPI kernel's job for Jupyter (kernel.json "
+                                                 "starts this).")
+    parser.add_argument("-f", dest="connection_file", required=True, help="Jupyter's connection file")
+    parser.add_argument("--prelude", help="shell commands run before the launcher, e.g. 'module load mpi'")
+    parser.add_argument("--stop-timeout", type=float, default=1.0,
+                        help="seconds the servers have to confirm a stop before the job is aborted")
+    parser.add_argument("--link-address", help="address of this host that the kernel rank connects "
+                                               "back to (default: this host's name and addresses)")
+    parser.add_argument("--no-relaunch", action="store_true",
+                        help="exit when the job dies instead of starting a new one")
+    parser.add_argument("launcher", nargs=argparse.REMAINDER, help="-- then the launcher's argv")
+    args = parser.parse_args(argv)
+    launcher = args.launcher[1:] if args.launcher[:1] == ["--"] else args.launcher
+    if not launcher:
+        parser.error("give the launcher's argv after --, e.g. -- mpiexec -n 4 python -m mpi_kernel --kernel")
+    logging.basicConfig(level=os.environ.get("MPI_KERNEL_SUPERVISOR_LOG", "INFO").upper(),
+                        format="[mpi-kernel supervisor %(levelname)s %(asctime)s] %(message)s",
+                        stream=sys.stderr)
+    return Supervisor(args.connection_file, launcher, args.prelude, args.stop_timeout,
+                      args.link_address, relaunch=not args.no_relaunch).run()
