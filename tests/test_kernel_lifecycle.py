@@ -25,8 +25,11 @@ def test_kernelspec_contents(kernelspec):
     spec = json.loads((kernelspec / "kernel.json").read_text())
     assert spec["interrupt_mode"] == "message" and spec["language"] == "python"
     assert spec["display_name"] == "Python 3 (MPI, 4 ranks)"
-    assert spec["argv"][0].endswith("mpiexec") and spec["argv"][1:3] == ["-n", "4"]
-    assert spec["argv"][3] == sys.executable and spec["argv"][-2:] == ["-f", "{connection_file}"]
+    argv = spec["argv"]
+    assert argv[:6] == [sys.executable, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}"]
+    launcher = argv[argv.index("--") + 1:]
+    assert launcher[0].endswith("mpiexec") and launcher[1:3] == ["-n", "4"]
+    assert launcher[3] == sys.executable and launcher[-3:] == ["-m", "mpi_kernel", "--kernel"]
     assert sorted(p.name for p in kernelspec.iterdir()) == ["kernel.json", "logo-32x32.png", "logo-64x64.png"]
 
 

@@ -12,11 +12,15 @@ def install(*args: str) -> subprocess.CompletedProcess:
 def test_site_launcher_options(tmp_path):
     proc = install("--prefix", str(tmp_path), "--name", "mpi-slurm", "--mpiexec", "srun", "--ranks", "16",
                    "--mpiexec-args=--mpi=pmix -p debug", "--env", "OMP_NUM_THREADS=1",
-                   "--env", "A=b=c", "--display-name", "MPI on Slurm")
+                   "--env", "A=b=c", "--display-name", "MPI on Slurm", "--prelude", "module load mpi",
+                   "--stop-timeout", "2.5")
     assert proc.returncode == 0, proc.stderr
     spec = json.loads((tmp_path / "share/jupyter/kernels/mpi-slurm/kernel.json").read_text())
-    assert spec["argv"] == ["srun", "--mpi=pmix", "-p", "debug", "-n", "16", sys.executable, "-m",
-                            "mpi_kernel", "-f", "{connection_file}"]
+    # The supervisor on the Jupyter host, then the launcher line it runs.
+    assert spec["argv"] == [sys.executable, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}",
+                            "--prelude", "module load mpi", "--stop-timeout", "2.5", "--",
+                            "srun", "--mpi=pmix", "-p", "debug", "-n", "16", sys.executable, "-m",
+                            "mpi_kernel", "--kernel"]
     assert spec["env"] == {"OMP_NUM_THREADS": "1", "A": "b=c"}
     assert spec["display_name"] == "MPI on Slurm"
     assert spec["interrupt_mode"] == "message"

@@ -1,6 +1,7 @@
 """Words for a job that died: which ranks, where, how, and what they printed last (pure)."""
 from __future__ import annotations
 
+import re
 import signal
 
 HINTS = {
@@ -12,6 +13,12 @@ HINTS = {
     signal.SIGTERM: "terminated: the batch system's time limit, or a user?",
 }
 ERROR_NAME = "MPIJobDied"
+# Launcher banners that name the wrong process (hydra names whichever rank it saw first,
+# with the signal it sent itself) and ipykernel's note on plain TCP: kept in the kernel
+# log, left out of the cell.
+NOISE = re.compile(r"^(=+|=   .*|YOUR APPLICATION TERMINATED WITH THE EXIT STRING.*|This typically "
+                   r"refers to a problem with your application\.|Please see the FAQ page for "
+                   r"debugging suggestions|\[IPKernelApp\] WARNING \| Kernel is running over TCP.*)$")
 
 
 def signal_name(number: int) -> str:
@@ -47,7 +54,7 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
     """One sentence: the first rank that ended is the cause; the others follow it."""
     if not ended:
         how_launcher = ("is still running" if launcher_code is None else
-                        f"ended with {how(_launcher_entry(launcher_code))}")
+                        how(_launcher_entry(launcher_code)))
         return f"the MPI job ended without a rank reporting why; {launcher} {how_launcher}"
     first, rest = ended[0], ended[1:]
     text = f"{who(first, client_rank)} {how(first)}"
@@ -67,6 +74,7 @@ def report(ended: list[dict], launcher_code: int | None, client_rank: int | None
     cause = summary(ended, launcher_code, client_rank)
     lines = [f"{ERROR_NAME}: the MPI job died: {cause}.",
              "Every rank's variables are lost."]
+    tail = [t for t in tail if not NOISE.match(t)]
     if tail:
         lines += ["", "The job's last output (outside cells):", *(f"    {t}" for t in tail)]
     lines += ["", "The supervisor is starting a new MPI job; run the notebook's set-up cells again."

@@ -66,9 +66,8 @@ def guard() -> None:
 
 
 def _wait_and_report(pid: int) -> None:
-    # The rank holds the launcher's descriptors (PMI sockets); the guard must not, or the
-    # launcher would not see them close when the rank ends.
-    os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+    # The guard keeps its copies of the launcher's descriptors (the PMI socket): a launcher
+    # that sees the PMI socket close ends the job at once, before this report is written.
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
     while True:

@@ -206,7 +206,7 @@ class Supervisor:
             return code or 1
         restarting = self.relaunch
         client_rank = job.hello.get("rank")
-        cause, lines = deaths.report(job.ended, code, list(self.tail), client_rank, restarting)
+        cause, lines = deaths.report(job.ended, code, client_rank, list(self.tail), restarting)
         log.error("%s", "\n".join(lines))
         cells = self.relay.fail_executing(deaths.ERROR_NAME, cause, lines)
         log.info("the death was reported in %d running cell(s)", cells)
