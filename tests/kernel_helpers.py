@@ -15,9 +15,9 @@ KERNEL_NAME = "mpi-test"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def install_kernelspec(prefix: Path, ranks: int = 4, name: str = KERNEL_NAME) -> Path:
+def install_kernelspec(prefix: Path, ranks: int = 4, name: str = KERNEL_NAME, **options: Any) -> Path:
     """Install into a temporary prefix that Jupyter finds (the CLI itself is tested in test_kernelspec)."""
-    return install_for_session(prefix, name, ranks)
+    return install_for_session(prefix, name, ranks, **options)
 
 
 def start_kernel(name: str = KERNEL_NAME) -> tuple[KernelManager, Any]:
@@ -53,6 +53,18 @@ def process_tree(pid: int) -> list[int]:
         tree.append(p)
         todo.extend(children.get(p, []))
     return tree
+
+
+def job_pids(km: KernelManager) -> tuple[int, list[int]]:
+    """(the supervisor's pid, every process of its MPI job: launcher, proxies, guards, ranks)."""
+    supervisor = km.provisioner.process.pid
+    return supervisor, [p for p in process_tree(supervisor) if p != supervisor]
+
+
+def error_text(outputs: list[dict]) -> str:
+    """The cell's error outputs and stderr, without colours."""
+    errors = ["\n".join(o.get("traceback", [])) for o in outputs if o["type"] == "error"]
+    return ANSI.sub("", text_of(outputs, "stderr") + "\n".join(errors))
 
 
 def alive(pids: list[int]) -> list[int]:

@@ -15,7 +15,7 @@ def kernelspec(tmp_path_factory):
 
 
 def job_pids(km) -> list[int]:
-    """The launcher (mpiexec) and everything under it: proxies and all ranks."""
+    """The supervisor and everything under it: the launcher, proxies, guards and all ranks."""
     return process_tree(km.provisioner.process.pid)
 
 
@@ -76,19 +76,6 @@ def test_ten_restarts_leave_nothing_behind():
         assert not wait_gone(pids, 10)
 
 
-def test_death_of_a_server_rank_kills_the_kernel_cleanly():
-    km, kc = start_kernel()
-    pids = job_pids(km)
-    kc.execute("%%px --targets 1\nimport os\nos._exit(3)")
-    deadline = time.monotonic() + 15
-    while km.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not km.is_alive(), "the kernel should die with its server"
-    assert not wait_gone(pids, 10), "orphans left"
-    kc.stop_channels()
-    km.cleanup_resources()
-
-
 class TestConformance(jupyter_kernel_test.KernelTests):
     """jupyter_kernel_test's protocol checks against the MPI kernel."""
 
@@ -128,12 +115,12 @@ def test_job_ends_when_jupyter_dies(tmp_path):
         "print(km.provisioner.process.pid, flush=True)\ntime.sleep(120)\n")
     jupyter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        mpiexec = int(jupyter.stdout.readline())
-        pids = process_tree(mpiexec)
-        assert len(pids) >= 5
+        supervisor = int(jupyter.stdout.readline())
+        pids = process_tree(supervisor)
+        assert len(pids) >= 6  # supervisor, mpiexec, a proxy and 4 ranks (and their guards)
         jupyter.send_signal(signal.SIGKILL)
         jupyter.wait(timeout=10)
-        assert not wait_gone(pids, 15), "the MPI job outlived Jupyter"
+        assert not wait_gone(pids, 2), "the MPI job outlived Jupyter by more than 2 s"
     finally:
         jupyter.kill()
 
@@ -160,5 +147,6 @@ def test_rank_stuck_in_a_collective_is_reported_and_shutdown_still_cleans_up():
         kc.stop_channels()
         t0 = time.monotonic()
         km.shutdown_kernel(now=False)
+    # The stuck server cannot confirm the stop: the job is aborted after stop_timeout (1 s).
     assert not wait_gone(pids, 15), "orphans left"
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 3

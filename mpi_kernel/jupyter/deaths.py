@@ -53,9 +53,12 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
             launcher: str = "the launcher") -> str:
     """One sentence: the first rank that ended is the cause; the others follow it."""
     if not ended:
-        how_launcher = ("is still running" if launcher_code is None else
-                        how(_launcher_entry(launcher_code)))
-        return f"the MPI job ended without a rank reporting why; {launcher} {how_launcher}"
+        if launcher_code is None:
+            return f"the MPI job ended without a rank reporting why; {launcher} is still running"
+        if launcher_code > 0:  # the launchers end every rank, guards too, on MPI_Abort
+            return (f"a rank called MPI_Abort with errorcode {launcher_code}, or {launcher} failed "
+                    f"(it exited with code {launcher_code}; no rank reported its own end)")
+        return f"the MPI job ended without a rank reporting why; {launcher} {how(_launcher_entry(launcher_code))}"
     first, rest = ended[0], ended[1:]
     text = f"{who(first, client_rank)} {how(first)}"
     if rest:

@@ -85,13 +85,14 @@ def install(name: str = DEFAULT_NAME, user: bool = False, prefix: str | None = N
 
 
 def install_for_session(prefix: str | Path, name: str = DEFAULT_NAME, ranks: int = DEFAULT_RANKS,
-                        env: dict[str, str] | None = None) -> Path:
+                        env: dict[str, str] | None = None, **kernel_options: Any) -> Path:
     """Install into `prefix` and put it first on JUPYTER_PATH, for this process and its children.
 
     For test runs, benchmarks and CI, which must find the kernel without touching the
-    user's own kernelspecs. `env` goes into kernel.json. Returns the kernelspec folder.
+    user's own kernelspecs. `env` goes into kernel.json, `kernel_options` as for
+    make_kernel_dict. Returns the kernelspec folder.
     """
-    path = Path(install(name, prefix=str(prefix), ranks=ranks, env=env))
+    path = Path(install(name, prefix=str(prefix), ranks=ranks, env=env, **kernel_options))
     share = str(Path(prefix) / "share" / "jupyter")
     rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != share]
     os.environ["JUPYTER_PATH"] = os.pathsep.join([share, *rest])

@@ -1,0 +1,134 @@
+"""The supervisor (mpi_kernel/jupyter/supervisor.py) with real kernels on one host: deaths
+reported in the cell and a new job, the job's end when the supervisor goes, the prelude,
+and launch failures that say what went wrong."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from jupyter_client.connect import write_connection_file
+
+from kernel_helpers import error_text, install_kernelspec, job_pids, run, start_kernel, text_of, wait_gone
+
+NAME = "mpi-supervised"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernelspec(tmp_path_factory):
+    return install_kernelspec(tmp_path_factory.mktemp("prefix"), name=NAME,
+                              prelude="export MPI_KERNEL_TEST_PRELUDE=ran")
+
+
+@pytest.fixture
+def kernel():
+    km, kc = start_kernel(NAME)
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+
+
+def the_death(outputs: list[dict]) -> str:
+    errors = [o for o in outputs if o["type"] == "error"]
+    assert errors and errors[-1]["ename"] == "MPIJobDied", outputs
+    return error_text(outputs)
+
+
+@pytest.mark.parametrize("how, said", [
+    ("import os\nos._exit(3)", "exited with code 3"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "killed by signal 9 (SIGKILL): out of memory"),
+    ("import ctypes\nctypes.string_at(0)", "killed by signal 11 (SIGSEGV)"),
+])
+def test_a_dead_server_is_reported_in_the_cell_and_a_new_job_starts(kernel, how, said):
+    km, kc = kernel
+    run(kc, "x = 1")
+    _, old_job = job_pids(km)
+    status, out = run(kc, f"%%px --targets 1\n{how}")
+    assert status == "error"
+    message = the_death(out)
+    assert f"server rank 1 on {socket.gethostname()} (pid" in message and said in message, message
+    assert "Every rank's variables are lost" in message
+    assert "The supervisor is starting a new MPI job" in message
+    assert not wait_gone(old_job, 5), "the old job's processes are left"
+    # The next cell waits for the new job and runs in it: a fresh namespace.
+    status, out = run(kc, "%%px\nprint(rank)")
+    assert status == "ok" and text_of(out) == "[stdout:0] 0\n[stdout:1] 1\n[stdout:2] 2\n", out
+    status, out = run(kc, "x")
+    assert status == "error" and "NameError" in error_text(out)
+    assert km.is_alive()
+
+
+def test_an_abort_on_a_server_is_reported(kernel):
+    km, kc = kernel
+    status, out = run(kc, "%%px --targets 2\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Abort(7)")
+    assert status == "error"
+    message = the_death(out)
+    # The launcher kills every rank and guard at once: the errorcode is known, the rank not.
+    assert "a rank called MPI_Abort with errorcode 7" in message, message
+
+
+def test_sigkill_of_the_supervisor_ends_the_job(kernel):
+    km, kc = kernel
+    run(kc, "%%px\nrank")
+    supervisor, job = job_pids(km)
+    os.kill(supervisor, signal.SIGKILL)
+    assert not wait_gone(job, 2), "the MPI job outlived its supervisor by more than 2 s"
+
+
+def test_the_prelude_runs_before_the_launcher(kernel):
+    _, kc = kernel
+    status, out = run(kc, "%%px --targets 0\nimport os\nprint(os.environ['MPI_KERNEL_TEST_PRELUDE'])")
+    assert status == "ok" and "ran" in text_of(out)
+
+
+def supervise(tmp_path, *launcher: str) -> subprocess.CompletedProcess:
+    connection = tmp_path / "kernel.json"
+    write_connection_file(str(connection), ip="127.0.0.1", key=b"secret")
+    return subprocess.run([sys.executable, "-m", "mpi_kernel", "supervise", "-f", str(connection), "--",
+                           *launcher], capture_output=True, text=True, timeout=60)
+
+
+def test_a_launcher_that_fails_ends_the_supervisor_with_its_reason(tmp_path):
+    proc = supervise(tmp_path, sys.executable, "-c", "import sys; sys.exit('no such partition: debug')")
+    assert proc.returncode == 1
+    assert "no such partition: debug" in proc.stderr
+    assert "the MPI job ended before the kernel started (launcher exit 1)" in proc.stderr
+
+
+def test_a_kernel_started_without_a_launcher_says_how_to_start_it(tmp_path):
+    # One process is a world of size 1: the rank says why it cannot serve, the supervisor exits.
+    proc = supervise(tmp_path, sys.executable, "-m", "mpi_kernel", "--kernel")
+    assert proc.returncode == 2
+    assert "needs at least 2 MPI processes" in proc.stderr
+
+
+def test_supervise_without_a_launcher_is_a_usage_error(tmp_path):
+    proc = supervise(tmp_path)
+    assert proc.returncode == 2 and "give the launcher's argv after --" in proc.stderr
+
+
+def test_the_job_is_aborted_when_jupyter_stops_waiting(tmp_path):
+    """SIGTERM (jupyter_client's terminate) ends the job on every host and the supervisor."""
+    connection = tmp_path / "kernel.json"
+    write_connection_file(str(connection), ip="127.0.0.1", key=b"secret")
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    sup = subprocess.Popen([sys.executable, "-m", "mpi_kernel", "supervise", "-f", str(connection), "--",
+                            mpiexec, "-n", "3", sys.executable, "-m", "mpi_kernel", "--kernel"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        from kernel_helpers import process_tree
+        while len(process_tree(sup.pid)) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)  # supervisor, mpiexec, proxy, 3 guards and 3 ranks
+        job = process_tree(sup.pid)[1:]
+        time.sleep(1.0)  # let the kernel rank call back
+        sup.terminate()
+        assert sup.wait(timeout=5) == 0
+        assert not wait_gone(job, 2)
+        assert "ending the MPI job: the supervisor got SIGTERM" in sup.stderr.read()
+    finally:
+        sup.kill()

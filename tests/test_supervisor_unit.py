@@ -1,0 +1,111 @@
+"""Pure parts of the Jupyter side: the link's signed lines, death reports, the guard's records."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+from mpi_kernel.jupyter import deaths, guard, link
+
+KEY = b"0123-key"
+
+
+def test_link_lines_round_trip_and_reject_a_wrong_key():
+    line = link.encode(KEY, {"kind": "hello", "ports": {"shell": 5}})
+    assert link.decode(KEY, line) == {"kind": "hello", "ports": {"shell": 5}}
+    with pytest.raises(link.LinkError, match="wrong signature"):
+        link.decode(b"another key", line)
+    forged = line.replace(b'"shell":5', b'"shell":6')
+    with pytest.raises(link.LinkError, match="wrong signature"):
+        link.decode(KEY, forged)
+
+
+def test_link_without_a_key_signs_nothing_as_jupyter_does():
+    assert link.decode(b"", link.encode(b"", {"kind": "abort"})) == {"kind": "abort"}
+    with pytest.raises(link.LinkError):
+        link.decode(b"", link.encode(KEY, {"kind": "abort"}))
+
+
+def test_link_reader_joins_pieces_and_sees_the_close():
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    reader = link.LineReader(b, KEY)
+    line = link.encode(KEY, {"kind": "hello", "n": 1})
+    a.sendall(line[:7])
+    assert reader.read() == ([], False)
+    a.sendall(line[7:] + link.encode(KEY, {"kind": "abort", "reason": "r"}))
+    assert reader.read() == ([{"kind": "hello", "n": 1}, {"kind": "abort", "reason": "r"}], False)
+    a.close()
+    assert reader.read() == ([], True)
+
+
+def test_link_info_travels_in_the_environment():
+    info = link.LinkInfo(host="login1", addresses=["login1", "10.0.0.5"], port=4242, key="k")
+    assert link.LinkInfo.from_env({link.ENV: info.to_env()}) == info
+    assert link.LinkInfo.from_env({}) is None
+
+
+def test_link_connect_says_what_to_do_when_the_supervisor_is_unreachable():
+    info = link.LinkInfo(host="not-this-host", addresses=["127.0.0.1"], port=1, key="k")
+    with pytest.raises(ConnectionError, match="--link-address"):
+        link.connect(info, timeout=1)
+
+
+def test_death_words():
+    assert deaths.how({"signal": 9}) == ("killed by signal 9 (SIGKILL): out of memory, or killed by "
+                                         "the batch system?")
+    assert deaths.how({"signal": 11}).startswith("killed by signal 11 (SIGSEGV): a crash in C")
+    assert deaths.how({"code": 3}).startswith("exited with code 3")
+    assert deaths.who({"rank": 3, "host": "hostC", "pid": 7}, 3) == "the kernel's own rank 3 on hostC (pid 7)"
+    ended = [{"rank": 2, "host": "hostB", "pid": 5, "signal": 9}, {"rank": 3, "host": "hostC", "pid": 7, "code": 1}]
+    text = deaths.summary(ended, 9, 3)
+    assert text.startswith("server rank 2 on hostB (pid 5) killed by signal 9")
+    assert "; then the kernel's own rank 3 on hostC (pid 7) exited with code 1" in text
+
+
+def test_death_without_reports_names_the_launcher_status():
+    assert deaths.summary([], -9, 3).endswith("the launcher killed by signal 9 (SIGKILL): out of memory, "
+                                              "or killed by the batch system?")
+    assert deaths.summary([], 7, 3).startswith("a rank called MPI_Abort with errorcode 7, or the launcher "
+                                               "failed (it exited with code 7")
+
+
+def test_death_report_keeps_real_output_and_drops_the_launchers_banner():
+    tail = ["=" * 40, "=   PID 1 RUNNING AT vm", "Traceback: my solver failed",
+            "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)"]
+    cause, lines = deaths.report([{"rank": 1, "host": "h", "pid": 2, "code": 4}], 4, 3, tail, True)
+    assert cause == "server rank 1 on h (pid 2) exited with code 4 (MPI_Abort, sys.exit or os._exit?)"
+    assert "    Traceback: my solver failed" in lines
+    assert not [line for line in lines if "RUNNING AT" in line or "EXIT STRING" in line]
+    assert "Every rank's variables are lost." in lines
+    assert lines[-1].startswith("The supervisor is starting a new MPI job")
+    _, lines = deaths.report([], 1, 3, [], False)
+    assert lines[-1].startswith("The kernel has stopped")
+
+
+def test_guard_records():
+    assert guard.record(0, 1, 10) is None
+    assert guard.record(3 << 8, 1, 10) == {"rank": 1, "host": socket.gethostname(), "pid": 10, "code": 3}
+    assert guard.record(signal.SIGKILL, 2, 11)["signal"] == 9
+
+
+def test_guard_finds_the_rank_from_any_launcher():
+    assert guard.launcher_rank({"PMI_RANK": "3"}) == 3
+    assert guard.launcher_rank({"OMPI_COMM_WORLD_RANK": "5"}) == 5
+    assert guard.launcher_rank({"SLURM_PROCID": "7"}) == 7
+    assert guard.launcher_rank({}) is None
+
+
+def test_guard_reports_and_ends_as_its_rank_did(tmp_path):
+    """A real fork: the child is killed by SIGKILL; the guard reports it and dies the same way."""
+    import subprocess
+    import sys
+    code = ("from mpi_kernel.jupyter import guard\nimport os, signal\nguard.guard()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PMI_RANK": "4"})
+    assert proc.returncode == -signal.SIGKILL
+    assert proc.stderr.startswith(guard.MARK)
+    assert '"rank": 4' in proc.stderr and '"signal": 9' in proc.stderr
