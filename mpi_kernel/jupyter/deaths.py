@@ -61,9 +61,13 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
         return f"the MPI job ended without a rank reporting why; {launcher} {how(_launcher_entry(launcher_code))}"
     first, rest = ended[0], ended[1:]
     text = f"{who(first, client_rank)} {how(first)}"
-    if rest:
-        text += "; then " + "; ".join(f"{who(e, client_rank)} {how(e)}" for e in rest)
+    if rest:  # what the launcher or MPI did to the others once the first had gone
+        text += "; then " + ", ".join(f"rank {e.get('rank')} on {e.get('host')} ({_short(e)})" for e in rest)
     return text
+
+
+def _short(entry: dict) -> str:
+    return signal_name(entry["signal"]) if "signal" in entry else f"exit code {entry.get('code')}"
 
 
 def _launcher_entry(code: int) -> dict:
