@@ -65,6 +65,11 @@ def test_death_words():
     assert text.endswith("; then rank 3 on hostC (exit code 1)")
 
 
+def test_the_cause_is_not_a_rank_the_launcher_terminated():
+    ended = [{"rank": 0, "host": "h", "pid": 1, "signal": 15}, {"rank": 2, "host": "h", "pid": 3, "code": 7}]
+    assert deaths.summary(ended, 7, 3).startswith("server rank 2 on h (pid 3) exited with code 7")
+
+
 def test_death_without_reports_names_the_launcher_status():
     assert deaths.summary([], -9, 3).endswith("the launcher killed by signal 9 (SIGKILL): out of memory, "
                                               "or killed by the batch system?")

@@ -59,6 +59,8 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
             return (f"a rank called MPI_Abort with errorcode {launcher_code}, or {launcher} failed "
                     f"(it exited with code {launcher_code}; no rank reported its own end)")
         return f"the MPI job ended without a rank reporting why; {launcher} {how(_launcher_entry(launcher_code))}"
+    # Open MPI ends the other ranks with SIGTERM, and their reports can come first.
+    ended = sorted(ended, key=lambda e: e.get("signal") == signal.SIGTERM)
     first, rest = ended[0], ended[1:]
     text = f"{who(first, client_rank)} {how(first)}"
     if rest:  # what the launcher or MPI did to the others once the first had gone

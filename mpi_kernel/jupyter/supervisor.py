@@ -283,9 +283,10 @@ class Supervisor:
         *lines, job.partial[fd] = (job.partial.get(fd, b"") + data).split(b"\n")
         for raw in lines:
             text = raw.decode("utf-8", "replace")
-            if text.startswith(guard.MARK):
+            mark = text.find(guard.MARK)  # launchers may put their own text before it
+            if mark >= 0:
                 try:
-                    job.ended.append(json.loads(text[len(guard.MARK):]))
+                    job.ended.append(json.loads(text[mark + len(guard.MARK):]))
                 except ValueError:
                     pass
                 continue
