@@ -40,3 +40,14 @@ def test_bad_install_arguments_say_what_is_wrong(tmp_path):
         assert proc.returncode != 0, args
         assert message in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "share").exists()  # nothing was written
+
+
+def test_open_mpi_launchers_are_told_to_pass_the_supervisor_variable_on(tmp_path):
+    fake = tmp_path / "mpiexec"
+    fake.write_text("#!/bin/sh\necho 'mpiexec (Open MPI) 5.0.11'\n")
+    fake.chmod(0o755)
+    proc = install("--prefix", str(tmp_path), "--mpiexec", str(fake))
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
+    launcher = argv[argv.index("--") + 1:]
+    assert launcher[:3] == [str(fake), "-x", "MPI_KERNEL_SUPERVISOR"]

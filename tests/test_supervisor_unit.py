@@ -114,3 +114,16 @@ def test_guard_reports_and_ends_as_its_rank_did(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert proc.stderr.startswith(guard.MARK)
     assert '"rank": 4' in proc.stderr and '"signal": 9' in proc.stderr
+
+
+def test_single_host_jobs_are_told_to_listen_on_loopback_only():
+    from mpi_kernel.jupyter.supervisor import job_environment, single_host
+    assert single_host(["/venv/bin/mpiexec", "-n", "4", "python"], {})
+    assert not single_host(["mpiexec", "-hosts", "a,b", "-n", "4"], {})
+    assert not single_host(["mpiexec", "--hostfile=hosts", "-n", "4"], {})
+    assert not single_host(["mpiexec", "-n", "4"], {"PBS_NODEFILE": "/x"})
+    assert not single_host(["srun", "-n", "4"], {})
+    env = job_environment(["mpiexec", "-n", "4"], {"JPY_PARENT_PID": "12", "A": "b"})
+    assert env == {"A": "b", "UCX_NET_DEVICES": "lo"}
+    assert "UCX_NET_DEVICES" not in job_environment(["mpiexec", "-n", "2"], {"MPI_KERNEL_LOOPBACK_ONLY": "0"})
+    assert job_environment(["mpiexec"], {"UCX_NET_DEVICES": "eth0"})["UCX_NET_DEVICES"] == "eth0"

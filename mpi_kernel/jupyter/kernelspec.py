@@ -6,11 +6,13 @@ write the folder, install it with jupyter_client. No MPI is started here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from importlib import resources
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
+
+from . import link
 
 DEFAULT_NAME = "mpi"
 DEFAULT_RANKS = 4
@@ -31,11 +35,23 @@ def default_mpiexec() -> str:
     return shutil.which("mpiexec") or "mpiexec"
 
 
+@functools.lru_cache(maxsize=None)
+def launcher_flags(mpiexec: str) -> tuple[str, ...]:
+    """Flags the launcher needs so the kernel rank finds the supervisor: Open MPI's mpiexec
+    passes only the variables named with -x to other hosts (hydra and srun pass them all)."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return ("-x", link.ENV) if "Open MPI" in out.stdout + out.stderr else ()
+
+
 def make_argv(ranks: int, mpiexec: str, mpiexec_args: list[str], python: str,
               supervisor_args: list[str] | None = None) -> list[str]:
     """The supervisor on the Jupyter host, then the launcher line it runs."""
     return [python, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}", *(supervisor_args or []),
-            "--", mpiexec, *mpiexec_args, "-n", str(ranks), python, "-m", "mpi_kernel", "--kernel"]
+            "--", mpiexec, *launcher_flags(mpiexec), *mpiexec_args, "-n", str(ranks), python, "-m",
+            "mpi_kernel", "--kernel"]
 
 
 def supervisor_args(prelude: str | None = None, stop_timeout: float | None = None,

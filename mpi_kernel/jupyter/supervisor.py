@@ -39,6 +39,13 @@ from .relay import Relay
 
 log = logging.getLogger("mpi_kernel.supervisor")
 TAIL_LINES = 12
+# A job may span hosts when its launcher line names hosts, or a batch system or hostfile
+# variable is set (MPICH's mpiexec reads PBS_NODEFILE and HYDRA_HOST_FILE by itself).
+HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfile", "-machinefile",
+                "--machinefile", "--default-hostfile", "-launcher", "-launcher-exec", "-bootstrap"}
+HOST_VARIABLES = ("HYDRA_HOST_FILE", "PBS_NODEFILE", "SLURM_JOB_ID", "LSB_HOSTS", "LSB_MCPU_HOSTS",
+                  "COBALT_NODEFILE", "PE_HOSTFILE", "PRTE_MCA_prte_default_hostfile",
+                  "OMPI_MCA_orte_default_hostfile")
 
 
 @dataclasses.dataclass
@@ -66,7 +73,10 @@ class Supervisor:
             "signature_scheme", "hmac-sha256"))
         self.context = zmq.Context()
         self.relay = Relay(self.context, self.connection, self.session)
-        self.listener = socket.create_server(("" if link_address is None else link_address, 0))
+        # The kernel rank calls back here: over loopback when the job surely stays on this
+        # host, else on every interface (or the one given), for whichever host it lands on.
+        local = link_address is None and single_host(launcher, os.environ)
+        self.listener = socket.create_server(("127.0.0.1" if local else link_address or "", 0))
         self.listener.setblocking(False)
         self.link_addresses = [link_address] if link_address else _own_addresses()
         self.job: Job | None = None
@@ -87,7 +97,7 @@ class Supervisor:
         argv = list(self.launcher)
         if self.prelude:  # the site's set-up runs in the shell that then becomes the launcher
             argv = ["/bin/sh", "-c", f"{self.prelude}\nexec \"$@\"", "mpi-kernel-prelude", *argv]
-        env = {k: v for k, v in os.environ.items() if k != "JPY_PARENT_PID"}  # a pid of this host only
+        env = job_environment(self.launcher, os.environ)
         env[link.ENV] = self.link_info().to_env()
         log.info("starting the MPI job: %s", " ".join(argv))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -294,6 +304,27 @@ class Supervisor:
             if text.strip():
                 self.tail.append(text)
         out.flush()
+
+
+def single_host(launcher: list[str], environ: dict) -> bool:
+    """True when the job surely runs on this host only: mpiexec/mpirun with no host options
+    and no batch system or hostfile variables (srun and others: never sure)."""
+    name = os.path.basename(launcher[0]) if launcher else ""
+    if name not in ("mpiexec", "mpirun", "mpiexec.hydra"):
+        return False
+    options = {a.split("=", 1)[0] for a in launcher[1:]}
+    return not options & HOST_OPTIONS and not any(v in environ for v in HOST_VARIABLES)
+
+
+def job_environment(launcher: list[str], environ: dict) -> dict:
+    """The launcher's environment: Jupyter's pid left out (it means nothing on another host);
+    for a job on this host only, MPICH's UCX listens on loopback instead of every interface
+    (set MPI_KERNEL_LOOPBACK_ONLY=0 to keep UCX's default)."""
+    env = {k: v for k, v in environ.items() if k != "JPY_PARENT_PID"}
+    loopback = env.get("MPI_KERNEL_LOOPBACK_ONLY", "1") != "0"
+    if loopback and single_host(launcher, env) and "UCX_NET_DEVICES" not in env:
+        env["UCX_NET_DEVICES"] = "lo"
+    return env
 
 
 def _own_addresses() -> list[str]:
