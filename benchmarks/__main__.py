@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 def leftovers(seconds: float) -> list[str]:
     """Processes of the kinds the benchmark starts, younger than the run, still running."""
     time.sleep(1.0)  # launchers tear jobs down in 0.1-0.4 s
-    markers = ("core_job.py", "scaling_job.py", "mpi_kernel -f", "ipyparallel", "ipengine",
+    markers = ("core_job.py", "scaling_job.py", "mpi_kernel -f", "mpi_kernel --kernel",
+               "mpi_kernel supervise", "ipyparallel", "ipengine",
                "ipcontroller", "mpi4py.futures")
     out = subprocess.run(["ps", "-eo", "etimes=,pid=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines()]

@@ -1,10 +1,12 @@
 """Kernel measurements through jupyter_client: start, cells, interrupt, restart, shutdown."""
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
 
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from jupyter_client.manager import KernelManager
 
 from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
@@ -16,6 +18,28 @@ def install(prefix: Path, ranks: int) -> str:
     name = f"mpi-bench-{ranks}"
     install_for_session(prefix, name, ranks)
     return name
+
+
+def install_unsupervised(prefix: Path, ranks: int) -> str:
+    """The same kernel launched by mpiexec straight from kernel.json (one host, no supervisor,
+    no relay): the baseline for what the supervisor's relay adds."""
+    name = f"mpi-bench-direct-{ranks}"
+    path = install_for_session(prefix, name, ranks)
+    spec = json.loads((path / "kernel.json").read_text())
+    launcher = spec["argv"][spec["argv"].index("--") + 1:]
+    spec["argv"] = [*launcher[:-1], "-f", "{connection_file}"]  # "--kernel" -> Jupyter's file
+    (path / "kernel.json").write_text(json.dumps(spec))
+    return name
+
+
+def cells(name: str, reps: int, codes: dict[str, str]) -> dict:
+    """Cell times of one kernel: {label: summary}."""
+    km, kc, _ = start(name)
+    try:
+        return {label: summarize(cell_times(kc, code, reps)) for label, code in codes.items()}
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
 
 
 def start(name: str) -> tuple[KernelManager, object, float]:
@@ -75,4 +99,8 @@ def run(reps: int, ranks: int = 4) -> dict:
         t0 = time.perf_counter()
         km.shutdown_kernel(now=False)
         out["kernel_shutdown_s"] = time.perf_counter() - t0
+        # Baselines in the same run: a plain ipykernel, and this kernel without the relay.
+        out["plain_ipykernel"] = cells(NATIVE_KERNEL_NAME, reps, {"cell": "1+1"})
+        out["unsupervised"] = cells(install_unsupervised(Path(tmp), ranks), reps,
+                                    {"cell_local": "1+1", "cell_px": "%%px\n1+1"})
     return out

@@ -34,10 +34,18 @@ def rows(results: dict) -> list[dict]:
                             ">= 0.5x" if goal else "", (ours / raw >= 0.5) if goal else None))
     idle = max(core["idle_cpu_percent"])
     out.append(_row("idle CPU, busiest of 4 ranks", idle, "% of a core", None, "", None, "<= 1%", idle <= 1.0))
-    local, px = kernel["cell_local"]["median_us"] / 1e3, kernel["cell_px"]["median_us"] / 1e3
+    ms = lambda d, key: d[key]["median_us"] / 1e3  # noqa: E731
+    local, px, plain = ms(kernel, "cell_local"), ms(kernel, "cell_px"), ms(kernel["plain_ipykernel"], "cell")
+    direct = kernel["unsupervised"]
     out += [
-        _row("%%px 1+1 cell (3 servers)", px, "ms", local, "kernel-only 1+1 cell", px / local,
-             "<= 1.3x", px <= 1.3 * local, kernel["cell_px"]["p99_us"] / 1e3),
+        _row("%%px 1+1 cell (3 servers)", px, "ms", plain, "plain ipykernel 1+1 cell", px / plain,
+             "<= 1.3x", px <= 1.3 * plain, kernel["cell_px"]["p99_us"] / 1e3),
+        _row("kernel-only 1+1 cell", local, "ms", plain, "plain ipykernel 1+1 cell", local / plain,
+             "", None, kernel["cell_local"]["p99_us"] / 1e3),
+        _row("1+1 cell through the supervisor's relay", local, "ms", ms(direct, "cell_local"),
+             "same kernel, no relay", local / ms(direct, "cell_local"), "", None),
+        _row("%%px 1+1 cell through the relay", px, "ms", ms(direct, "cell_px"),
+             "same kernel, no relay", px / ms(direct, "cell_px"), "", None),
         _row("kernel start to ready (4 ranks)", kernel["kernel_start_s"], "s", None, "", None, "<= 1.5 s",
              kernel["kernel_start_s"] <= 1.5),
         _row("kernel restart", kernel["kernel_restart_s"], "s", None, "", None, "", None),

@@ -5,9 +5,11 @@ the ipython_ext magics send work to the servers through the MPICommandClient.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -68,12 +70,16 @@ class SupervisorLink:
     def __init__(self, info: link.LinkInfo) -> None:
         self.info = info
         self.key = info.key.encode()
-        self.sock, self.ip = link.connect(info)
+        self.sock, ip = link.connect(info)
         folder = tempfile.mkdtemp(prefix="mpi-kernel-")  # mode 0700: the key is in the file
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         self.connection_file = os.path.join(folder, "kernel.json")
+        # On the supervisor's host the channels are Unix sockets in that private folder;
+        # from another host, TCP on the interface that reaches it.
+        self.transport, self.ip = ("ipc", os.path.join(folder, "ch")) if ip == "127.0.0.1" else ("tcp", ip)
         ports = {f"{c}_port": 0 for c in ("shell", "iopub", "stdin", "control", "hb")}
         with open(os.open(self.connection_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            json.dump({"ip": self.ip, "key": info.key, "transport": info.transport,
+            json.dump({"ip": self.ip, "key": info.key, "transport": self.transport,
                        "signature_scheme": info.signature_scheme, **ports}, f)
 
     def hello(self, app: IPKernelApp, client: MPICommandClient) -> None:
@@ -82,7 +88,7 @@ class SupervisorLink:
         ports = {c: getattr(app, f"{c}_port") for c in ("shell", "iopub", "stdin", "control", "hb")}
         env = environment.current()
         link.send(self.sock, self.key, "hello", rank=env.rank, host=env.host, pid=os.getpid(),
-                  ip=self.ip, ports=ports, servers=servers)
+                  transport=self.transport, ip=self.ip, ports=ports, servers=servers)
         threading.Thread(target=self._watch, name="mpi-kernel-link", daemon=True).start()
 
     def _watch(self) -> None:

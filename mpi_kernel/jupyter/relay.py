@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-from jupyter_client.session import Session
+
+if TYPE_CHECKING:
+    from jupyter_client.session import Session
 
 DELIMITER = b"<IDS|MSG>"
 IDENTITY = b"mpi-kernel-relay"
@@ -35,6 +37,11 @@ def split(frames: list[bytes]) -> tuple[list[bytes], dict, dict]:
     """(idents, header, parent header) of a wire message; the rest stays undecoded."""
     i = frames.index(DELIMITER)
     return frames[:i], json.loads(frames[i + 2]), json.loads(frames[i + 3])
+
+
+def endpoint(transport: str, ip: str, port: int) -> str:
+    """A zmq address as Jupyter writes them: tcp://IP:PORT, or ipc://PATH-PORT."""
+    return f"ipc://{ip}-{port}" if transport == "ipc" else f"{transport}://{ip}:{port}"
 
 
 class Heartbeat(threading.Thread):
@@ -60,7 +67,7 @@ class Heartbeat(threading.Thread):
 class Relay:
     """The five channels between Jupyter and the kernel rank."""
 
-    def __init__(self, context: zmq.Context, connection: dict, session: Session) -> None:
+    def __init__(self, context: zmq.Context, connection: dict, session: "Session") -> None:
         self.context, self.connection, self.session = context, connection, session
         self.front: dict[str, zmq.Socket] = {}
         self.back: dict[str, zmq.Socket] = {}
@@ -79,26 +86,27 @@ class Relay:
         self.heartbeat = Heartbeat(self.address("hb"))
         self.heartbeat.start()
 
-    def address(self, channel: str, ip: str | None = None, port: int | None = None) -> str:
+    def address(self, channel: str) -> str:
+        """Where the frontends connect: the connection file's address."""
         c = self.connection
-        return f"{c.get('transport', 'tcp')}://{ip or c['ip']}:{port or c[f'{channel}_port']}"
+        return endpoint(c.get("transport", "tcp"), c["ip"], c[f"{channel}_port"])
 
     # -- the kernel rank's end ------------------------------------------------------------
     @property
     def attached(self) -> bool:
         return bool(self.back)
 
-    def attach(self, ip: str, ports: dict[str, int]) -> None:
+    def attach(self, transport: str, ip: str, ports: dict[str, int]) -> None:
         """Connect the back sockets to the kernel rank's ports; pass on held control messages."""
         for channel in ROUTED:
             sock = self.context.socket(zmq.DEALER)
             sock.linger = 0
             sock.setsockopt(zmq.IDENTITY, IDENTITY)
-            sock.connect(self.address(channel, ip, ports[channel]))
+            sock.connect(endpoint(transport, ip, ports[channel]))
             self.back[channel] = sock
         sub = self.context.socket(zmq.XSUB)
         sub.linger = 0
-        sub.connect(self.address("iopub", ip, ports["iopub"]))
+        sub.connect(endpoint(transport, ip, ports["iopub"]))
         sub.send(b"\x01")  # everything: frontends that subscribed earlier get it too
         self.back["iopub"] = sub
         for frames in self.held:

@@ -32,10 +32,8 @@ import sys
 import time
 
 import zmq
-from jupyter_client.session import Session
 
 from . import deaths, guard, link
-from .relay import Relay
 
 log = logging.getLogger("mpi_kernel.supervisor")
 TAIL_LINES = 12
@@ -69,10 +67,8 @@ class Supervisor:
         self.launcher, self.prelude, self.relaunch = launcher, prelude, relaunch
         self.stop_timeout = stop_timeout
         self.key = self.connection.get("key", "").encode()
-        self.session = Session(key=self.key, signature_scheme=self.connection.get(
-            "signature_scheme", "hmac-sha256"))
         self.context = zmq.Context()
-        self.relay = Relay(self.context, self.connection, self.session)
+        self.relay = None  # opened once the job is starting (see run)
         # The kernel rank calls back here: over loopback when the job surely stays on this
         # host, else on every interface (or the one given), for whichever host it lands on.
         local = link_address is None and single_host(launcher, os.environ)
@@ -134,12 +130,14 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts come as messages
         guard.die_with_parent(signal.SIGTERM)  # Jupyter gone, even by SIGKILL
-        self.start_job()
+        self.start_job()  # first, so the ranks start up while this process does
         try:
+            self.relay = _open_relay(self.context, self.connection)
             return self._loop()
         finally:
             self.terminate_job("the supervisor is exiting")
-            self.relay.close()
+            if self.relay is not None:
+                self.relay.close()
             self.listener.close()
             self.context.term()
 
@@ -259,9 +257,9 @@ class Supervisor:
 
     def _on_hello(self, hello: dict) -> None:
         self.job.hello = hello
-        self.relay.attach(hello["ip"], hello["ports"])
-        log.info("kernel rank %s is up on %s (pid %s, %s:%s); servers: %s", hello["rank"],
-                 hello["host"], hello["pid"], hello["ip"], hello["ports"]["shell"],
+        self.relay.attach(hello["transport"], hello["ip"], hello["ports"])
+        log.info("kernel rank %s is up on %s (pid %s, %s %s); servers: %s", hello["rank"],
+                 hello["host"], hello["pid"], hello["transport"], hello["ip"],
                  ", ".join(f"{r} on {h} pid {p}" for r, (h, p) in sorted(hello["servers"].items(),
                                                                          key=lambda i: int(i[0]))))
 
@@ -325,6 +323,17 @@ def job_environment(launcher: list[str], environ: dict) -> dict:
     if loopback and single_host(launcher, env) and "UCX_NET_DEVICES" not in env:
         env["UCX_NET_DEVICES"] = "lo"
     return env
+
+
+def _open_relay(context: zmq.Context, connection: dict):
+    """Bind Jupyter's ports. jupyter_client's Session and the relay are imported here, not at
+    the top: 0.15 s that the job's start-up overlaps (frontends retry until the ports answer)."""
+    from jupyter_client.session import Session
+
+    from .relay import Relay
+    session = Session(key=connection.get("key", "").encode(),
+                      signature_scheme=connection.get("signature_scheme", "hmac-sha256"))
+    return Relay(context, connection, session)
 
 
 def _own_addresses() -> list[str]:
