@@ -1,4 +1,5 @@
 """Behaviour of MPICommandClient on real 4-rank jobs (each with a timeout)."""
+import os
 import subprocess
 import sys
 
@@ -158,6 +159,12 @@ def test_world_of_size_one_fails_clearly():
     assert "mpiexec -n 4" in proc.stderr
 
 
+def mpi_settings() -> dict:
+    """What an MPI needs from the environment to start at all (Open MPI: HOME, and its
+    run-as-root variables)."""
+    return {k: v for k, v in os.environ.items() if k == "HOME" or k.startswith(("OMPI_", "PRTE_"))}
+
+
 def test_mismatched_launcher_hint():
     code = ("from mpi_kernel import environment as e\n"
             "from mpi4py import MPI\n"
@@ -166,7 +173,7 @@ def test_mismatched_launcher_hint():
             "try:\n    e.check_world(MPI.THREAD_SINGLE, 4, 'Some MPI')\n"
             "except e.MPIEnvironmentError as exc:\n    print(exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", "PMI_RANK": "0"})
+                          env={**mpi_settings(), "PATH": "/usr/bin:/bin", "PMI_RANK": "0"})
     assert proc.returncode == 0, proc.stderr
     assert "probably belongs to another MPI than the one mpi4py uses (Open MPI v5)" in proc.stdout
     assert "needs MPI_THREAD_MULTIPLE, but Some MPI granted only MPI_THREAD_SINGLE" in proc.stdout
