@@ -1,11 +1,15 @@
 """Start the real MPI kernel, installed into a temporary prefix, through jupyter_client."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from jupyter_client.manager import KernelManager
 
@@ -65,6 +69,28 @@ def error_text(outputs: list[dict]) -> str:
     """The cell's error outputs and stderr, without colours."""
     errors = ["\n".join(o.get("traceback", [])) for o in outputs if o["type"] == "error"]
     return ANSI.sub("", text_of(outputs, "stderr") + "\n".join(errors))
+
+
+@contextlib.contextmanager
+def fake_jupyter(tmp_path: Path, kernel_name: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A process that starts a kernel as Jupyter does and then just waits, to be killed:
+    yields (that process, the supervisor's pid). Both are killed at the end."""
+    script = tmp_path / "fake_jupyter.py"
+    script.write_text(
+        "import time\nfrom jupyter_client.manager import KernelManager\n"
+        f"km = KernelManager(kernel_name={kernel_name!r})\nkm.start_kernel()\n"
+        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=90)\n"
+        "print(km.provisioner.process.pid, flush=True)\ntime.sleep(120)\n")
+    jupyter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    supervisor = None
+    try:
+        supervisor = int(jupyter.stdout.readline())
+        yield jupyter, supervisor
+    finally:
+        jupyter.kill()
+        jupyter.wait()
+        if supervisor is not None and alive([supervisor]):
+            os.kill(supervisor, signal.SIGKILL)
 
 
 def alive(pids: list[int]) -> list[int]:

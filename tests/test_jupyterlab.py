@@ -120,6 +120,18 @@ def run_all(page) -> None:
         ".every(p => /\\[\\d+\\]/.test(p.textContent))", timeout=120_000)
 
 
+def add_cell(page, code: str) -> int:
+    """Type `code` into a new cell at the end and run it; return the cell's index."""
+    cells = page.locator(f"{NB} .jp-CodeCell").count()
+    page.click(f"{NB} .jp-Cell:last-child .jp-InputPrompt")
+    page.click(".jp-NotebookPanel:not(.lm-mod-hidden) [data-command='notebook:insert-cell-below']")
+    page.wait_for_function(f"() => document.querySelectorAll('{NB} .jp-CodeCell').length === {cells + 1}")
+    page.keyboard.press("Enter")  # edit the new, empty cell
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    return cells
+
+
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -151,13 +163,7 @@ def test_errors_merged_and_monitor_turns_busy_then_idle(browser, lab):
     all_idle = f"() => document.querySelectorAll(\"{monitor}[data-state='idle']\").length === 3"
     page.wait_for_function(all_idle, timeout=10_000)  # the view refreshes every 0.25 s
     # a new cell that keeps the servers busy for 3 s: watch the widget change
-    cells = page.locator(f"{NB} .jp-CodeCell").count()
-    page.click(f"{NB} .jp-Cell:last-child .jp-InputPrompt")
-    page.click(".jp-NotebookPanel:not(.lm-mod-hidden) [data-command='notebook:insert-cell-below']")
-    page.wait_for_function(f"() => document.querySelectorAll('{NB} .jp-CodeCell').length === {cells + 1}")
-    page.keyboard.press("Enter")  # edit the new, empty cell
-    page.keyboard.type("%%px\nimport time\ntime.sleep(3)")
-    page.keyboard.press("Shift+Enter")
+    cells = add_cell(page, "%%px\nimport time\ntime.sleep(3)")
     page.wait_for_selector(f"{monitor}[data-state='busy']", timeout=10_000)
     shot(page, "monitor-busy")
     assert page.locator(f"{monitor}[data-state='busy']").count() == 3
@@ -166,4 +172,23 @@ def test_errors_merged_and_monitor_turns_busy_then_idle(browser, lab):
     assert "time.sleep(3)" in new_cell.inner_text()
     assert "Error" not in new_cell.inner_text()    # it ran cleanly, and was what kept them busy
     shot(page, "errors-and-monitor")
+    page.close()
+
+
+def test_a_dead_server_is_reported_in_the_cell_and_the_kernel_comes_back(browser, lab):
+    page = open_notebook(browser, lab, "quickstart.ipynb")
+    died = add_cell(page, "%%px --targets 1\nimport os\nos._exit(3)")
+    page.wait_for_selector(f"{NB} .jp-OutputArea-output:has-text('MPIJobDied')", timeout=60_000)
+    report = page.locator(f"{NB} .jp-CodeCell").nth(died).inner_text()
+    assert "server rank 1 on" in report and "exited with code 3" in report, report
+    assert "Every rank's variables are lost" in report and "starting a new MPI job" in report
+    shot(page, "death-report")
+    if page.locator(".jp-Dialog").count():  # JupyterLab's "kernel restarting" notice, if shown
+        page.click(".jp-Dialog button.jp-mod-accept")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    after = add_cell(page, "%%px\nrank * 10")
+    cell = page.locator(f"{NB} .jp-CodeCell").nth(after)
+    cell.locator(".jp-OutputArea-output:has-text('Out[2:')").wait_for(timeout=60_000)
+    assert "20" in cell.inner_text()
+    shot(page, "after-death")
     page.close()

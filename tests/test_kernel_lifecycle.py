@@ -6,7 +6,8 @@ import time
 import jupyter_kernel_test
 import pytest
 
-from kernel_helpers import KERNEL_NAME, install_kernelspec, process_tree, run, start_kernel, wait_gone
+from kernel_helpers import (KERNEL_NAME, fake_jupyter, install_kernelspec, process_tree, run, start_kernel,
+                            wait_gone)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,25 +105,12 @@ class TestConformance(jupyter_kernel_test.KernelTests):
 def test_job_ends_when_jupyter_dies(tmp_path):
     """A crashed Jupyter server (SIGKILL) must not leave the MPI job running."""
     import signal
-    import subprocess
-    import sys
-    script = tmp_path / "fake_jupyter.py"
-    script.write_text(
-        "import sys, time\nsys.path.insert(0, %r)\n" % str(tmp_path.parent)
-        + "from jupyter_client.manager import KernelManager\n"
-        f"km = KernelManager(kernel_name={KERNEL_NAME!r})\nkm.start_kernel()\n"
-        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
-        "print(km.provisioner.process.pid, flush=True)\ntime.sleep(120)\n")
-    jupyter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        supervisor = int(jupyter.stdout.readline())
+    with fake_jupyter(tmp_path, KERNEL_NAME) as (jupyter, supervisor):
         pids = process_tree(supervisor)
         assert len(pids) >= 6  # supervisor, mpiexec, a proxy and 4 ranks (and their guards)
         jupyter.send_signal(signal.SIGKILL)
         jupyter.wait(timeout=10)
         assert not wait_gone(pids, 2), "the MPI job outlived Jupyter by more than 2 s"
-    finally:
-        jupyter.kill()
 
 
 def test_rank_stuck_in_a_collective_is_reported_and_shutdown_still_cleans_up():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import ANSI, error_text, install_kernelspec, run, start_kernel, text_of
+from kernel_helpers import ANSI, error_text, fake_jupyter, install_kernelspec, run, start_kernel, text_of
 
 HOSTS = ("hostA", "hostB", "hostC")
 MULTIHOST = Path(os.environ.get("MPI_KERNEL_MULTIHOST_DIR",
@@ -150,24 +150,8 @@ def test_restart_and_shutdown_leave_no_process_on_any_host(spec):
 @pytest.mark.parametrize("victim", ["jupyter", "supervisor"])
 def test_sigkill_of_the_jupyter_side_leaves_no_process_on_any_host(spec, tmp_path, victim):
     """Jupyter, or the supervisor it started, is SIGKILLed: the job goes from every host."""
-    script = tmp_path / "fake_jupyter.py"
-    script.write_text(
-        "import time\nfrom jupyter_client.manager import KernelManager\n"
-        f"km = KernelManager(kernel_name={spec!r})\nkm.start_kernel()\n"
-        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=90)\n"
-        "print(km.provisioner.process.pid, flush=True)\ntime.sleep(120)\n")
-    jupyter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        supervisor = int(jupyter.stdout.readline())
+    with fake_jupyter(tmp_path, spec) as (jupyter, supervisor):
         assert all(netns_pids().values()), "the job should have ranks on every host"
         os.kill(jupyter.pid if victim == "jupyter" else supervisor, signal.SIGKILL)
         left = wait_hosts_empty(2)
         assert not left, f"left on the simulated hosts 2 s after SIGKILL of {victim}: {left}"
-    finally:
-        jupyter.kill()
-        jupyter.wait()
-        try:
-            os.kill(supervisor, signal.SIGKILL)
-        except (ProcessLookupError, UnboundLocalError):
-            pass
-

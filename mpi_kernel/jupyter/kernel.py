@@ -16,6 +16,7 @@ import tempfile
 import threading
 from typing import Any
 
+import zmq
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
 
@@ -76,11 +77,19 @@ class SupervisorLink:
         self.connection_file = os.path.join(folder, "kernel.json")
         # On the supervisor's host the channels are Unix sockets in that private folder;
         # from another host, TCP on the interface that reaches it.
+        # from another host, TCP on the interface that reaches it, encrypted with CurveZMQ
+        # (ipykernel's own support), so code and outputs do not cross the cluster in clear.
         self.transport, self.ip = ("ipc", os.path.join(folder, "ch")) if ip == "127.0.0.1" else ("tcp", ip)
-        ports = {f"{c}_port": 0 for c in ("shell", "iopub", "stdin", "control", "hb")}
+        info_file = {"ip": self.ip, "key": info.key, "transport": self.transport,
+                     "signature_scheme": info.signature_scheme,
+                     **{f"{c}_port": 0 for c in ("shell", "iopub", "stdin", "control", "hb")}}
+        self.curve_publickey = None
+        if self.transport == "tcp" and zmq.has("curve"):
+            public, secret = zmq.curve_keypair()
+            self.curve_publickey = public.decode()
+            info_file.update(curve_publickey=self.curve_publickey, curve_secretkey=secret.decode())
         with open(os.open(self.connection_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            json.dump({"ip": self.ip, "key": info.key, "transport": self.transport,
-                       "signature_scheme": info.signature_scheme, **ports}, f)
+            json.dump(info_file, f)
 
     def hello(self, app: IPKernelApp, client: MPICommandClient) -> None:
         """Tell the supervisor where this rank listens; then watch the link."""
@@ -88,7 +97,8 @@ class SupervisorLink:
         ports = {c: getattr(app, f"{c}_port") for c in ("shell", "iopub", "stdin", "control", "hb")}
         env = environment.current()
         link.send(self.sock, self.key, "hello", rank=env.rank, host=env.host, pid=os.getpid(),
-                  transport=self.transport, ip=self.ip, ports=ports, servers=servers)
+                  transport=self.transport, ip=self.ip, ports=ports, curve_publickey=self.curve_publickey,
+                  servers=servers)
         threading.Thread(target=self._watch, name="mpi-kernel-link", daemon=True).start()
 
     def _watch(self) -> None:

@@ -96,19 +96,22 @@ class Relay:
     def attached(self) -> bool:
         return bool(self.back)
 
-    def attach(self, transport: str, ip: str, ports: dict[str, int]) -> None:
-        """Connect the back sockets to the kernel rank's ports; pass on held control messages."""
-        for channel in ROUTED:
-            sock = self.context.socket(zmq.DEALER)
+    def attach(self, transport: str, ip: str, ports: dict[str, int],
+               curve_serverkey: str | None = None) -> None:
+        """Connect the back sockets to the kernel rank's ports (as CurveZMQ clients when it
+        gave a public key); pass on held control messages."""
+        keys = zmq.curve_keypair() if curve_serverkey else None
+        for channel in (*ROUTED, "iopub"):
+            sock = self.context.socket(zmq.XSUB if channel == "iopub" else zmq.DEALER)
             sock.linger = 0
-            sock.setsockopt(zmq.IDENTITY, IDENTITY)
+            if channel != "iopub":
+                sock.setsockopt(zmq.IDENTITY, IDENTITY)
+            if keys:
+                sock.curve_serverkey = curve_serverkey.encode()
+                sock.curve_publickey, sock.curve_secretkey = keys
             sock.connect(endpoint(transport, ip, ports[channel]))
             self.back[channel] = sock
-        sub = self.context.socket(zmq.XSUB)
-        sub.linger = 0
-        sub.connect(endpoint(transport, ip, ports["iopub"]))
-        sub.send(b"\x01")  # everything: frontends that subscribed earlier get it too
-        self.back["iopub"] = sub
+        self.back["iopub"].send(b"\x01")  # everything: frontends that subscribed earlier get it too
         for frames in self.held:
             self.back["control"].send_multipart(frames)
         self.held = []

@@ -257,9 +257,10 @@ class Supervisor:
 
     def _on_hello(self, hello: dict) -> None:
         self.job.hello = hello
-        self.relay.attach(hello["transport"], hello["ip"], hello["ports"])
-        log.info("kernel rank %s is up on %s (pid %s, %s %s); servers: %s", hello["rank"],
+        self.relay.attach(hello["transport"], hello["ip"], hello["ports"], hello.get("curve_publickey"))
+        log.info("kernel rank %s is up on %s (pid %s, %s %s%s); servers: %s", hello["rank"],
                  hello["host"], hello["pid"], hello["transport"], hello["ip"],
+                 ", CurveZMQ" if hello.get("curve_publickey") else "",
                  ", ".join(f"{r} on {h} pid {p}" for r, (h, p) in sorted(hello["servers"].items(),
                                                                          key=lambda i: int(i[0]))))
 
