@@ -134,3 +134,19 @@ def test_the_job_is_aborted_when_jupyter_stops_waiting(tmp_path):
         assert "ending the MPI job: the supervisor got SIGTERM" in sup.stderr.read()
     finally:
         sup.kill()
+
+
+def test_a_frontend_that_exits_right_after_its_shutdown_request_gets_an_orderly_stop(tmp_path):
+    """jupyter console sends shutdown_request and exits at once: the stop is not turned
+    into an abort, and the job is still gone within 2 s."""
+    script = tmp_path / "console.py"
+    script.write_text(
+        "import os, time\nfrom jupyter_client.manager import KernelManager\n"
+        f"km = KernelManager(kernel_name={NAME!r})\nkm.start_kernel()\n"
+        "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=90)\n"
+        "print(time.monotonic(), flush=True)\nkc.shutdown()\nos._exit(0)\n")
+    # run() returns when every process holding the console's stderr (the whole job) has ended.
+    console = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - float(console.stdout.split()[0]) < 2.5
+    assert "the MPI job ended (launcher exit 0)" in console.stderr
+    assert "aborting the MPI job" not in console.stderr

@@ -155,9 +155,10 @@ class Supervisor:
                 self._on_ready(item)
             if self.terminate_reason is None and os.getppid() != self.parent:
                 self.terminate_reason = "Jupyter is gone"
-            if self.terminate_reason is not None:
-                self.terminate_job(self.terminate_reason)
-                return 0
+            stopping = self.stop_deadline is not None and time.monotonic() < self.stop_deadline
+            if self.terminate_reason is not None and not stopping:  # an orderly stop may finish
+                self.terminate_job(self.terminate_reason)  # (jupyter console exits right after
+                return 0                                   # asking for it)
             if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
                 self.terminate_job(f"the job did not end within {self.stop_timeout + 1:g} s of "
                                    f"Jupyter's shutdown request")
