@@ -144,7 +144,8 @@ def test_a_frontend_that_exits_right_after_its_shutdown_request_gets_an_orderly_
         "import os, time\nfrom jupyter_client.manager import KernelManager\n"
         f"km = KernelManager(kernel_name={NAME!r})\nkm.start_kernel()\n"
         "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=90)\n"
-        "print(time.monotonic(), flush=True)\nkc.shutdown()\nos._exit(0)\n")
+        "print(time.monotonic(), flush=True)\nkc.shutdown()\n"
+        "time.sleep(0.2)\nos._exit(0)\n")  # the request must leave (zmq sends in a thread)
     # run() returns when every process holding the console's stderr (the whole job) has ended.
     console = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert time.monotonic() - float(console.stdout.split()[0]) < 2.5

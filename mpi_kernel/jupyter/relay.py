@@ -73,6 +73,7 @@ class Relay:
         self.back: dict[str, zmq.Socket] = {}
         self.executing: dict[str, tuple[list[bytes], dict]] = {}  # msg_id -> (idents, header)
         self.held: list[list[bytes]] = []  # control messages that came while detached
+        self.subscribed = False  # the back iopub's subscription has reached the kernel
         kinds = {"shell": zmq.ROUTER, "control": zmq.ROUTER, "stdin": zmq.ROUTER, "iopub": zmq.XPUB}
         for channel, kind in kinds.items():
             sock = context.socket(kind)
@@ -112,6 +113,9 @@ class Relay:
             sock.connect(endpoint(transport, ip, ports[channel]))
             self.back[channel] = sock
         self.back["iopub"].send(b"\x01")  # everything: frontends that subscribed earlier get it too
+        # Until the kernel answers that subscription (its iopub welcome, JEP 65), what it
+        # publishes would be lost: frontend requests wait in the front sockets till then.
+        self.subscribed = False
         for frames in self.held:
             self.back["control"].send_multipart(frames)
         self.held = []
@@ -125,6 +129,8 @@ class Relay:
         """What the supervisor's loop should poll now."""
         if not self.attached:
             return [self.front["control"], self.front["iopub"]]
+        if not self.subscribed:
+            return [self.front["iopub"], *self.back.values()]
         return [*self.front.values(), *self.back.values()]
 
     # -- moving messages ------------------------------------------------------------------
@@ -143,6 +149,7 @@ class Relay:
                     if self.attached:  # a subscription; while detached the next attach subscribes
                         self.back["iopub"].send_multipart(frames)
                 else:
+                    self.subscribed = True  # the welcome, or anything: the subscription is in
                     self.front["iopub"].send_multipart(frames)
                 continue
             if front:
