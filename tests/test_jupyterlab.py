@@ -48,6 +48,7 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     for name in ("quickstart.ipynb", "errors-and-interrupts.ipynb"):
         shutil.copy(ROOT / "notebooks" / name, root / name)
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "deaths.ipynb")  # a kernel of its own
     port, token = free_port(), secrets.token_hex(16)
     log = open(tmp_path_factory.mktemp("logs") / "jupyterlab.log", "w+")
     config = tmp_path_factory.mktemp("config")
@@ -176,7 +177,7 @@ def test_errors_merged_and_monitor_turns_busy_then_idle(browser, lab):
 
 
 def test_a_dead_server_is_reported_in_the_cell_and_the_kernel_comes_back(browser, lab):
-    page = open_notebook(browser, lab, "quickstart.ipynb")
+    page = open_notebook(browser, lab, "deaths.ipynb")
     died = add_cell(page, "%%px --targets 1\nimport os\nos._exit(3)")
     page.wait_for_selector(f"{NB} .jp-OutputArea-output:has-text('MPIJobDied')", timeout=60_000)
     report = page.locator(f"{NB} .jp-CodeCell").nth(died).inner_text()

@@ -189,8 +189,9 @@ class Supervisor:
 
     def _on_shutdown(self, idents: list, header: dict, restart: bool) -> None:
         self.stop_deadline = time.monotonic() + self.stop_timeout + 1.0
-        if not self.relay.attached:  # no kernel to answer: answer for it
+        if not self.relay.attached:  # no kernel to answer: answer for it, and end the job now
             self.relay.reply_shutdown(idents, header, restart)
+            self.stop_deadline = time.monotonic()
             self.terminate_reason = "Jupyter shut the kernel down while the job was starting"
 
     def _check_job(self) -> int | None:
@@ -211,7 +212,9 @@ class Supervisor:
         if job.hello is None:
             log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
                       "is above", code)
-            self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", [])
+            self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", [
+                f"{deaths.ERROR_NAME}: the MPI job ended before the kernel started (launcher exit "
+                f"{code}); its output is in the Jupyter server's log."])
             return code or 1
         restarting = self.relaunch
         client_rank = job.hello.get("rank")
