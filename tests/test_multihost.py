@@ -43,8 +43,32 @@ def open_mpi() -> bool:
     return "Open MPI" in out.stdout + out.stderr
 
 
-def launcher_args() -> str:
-    agent = MULTIHOST / "agent.sh"
+# agent.sh, but with a /tmp of each host's own, as real hosts have: the simulated hosts share
+# one filesystem, and with a PID namespace per host Open MPI's daemons on two hosts get the
+# same pid and so the same session directory (/tmp/prted.PID), and remove each other's files.
+AGENT_WRAPPER = """#!/bin/bash
+args=("$@")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -o|-p|-l|-i|-F|-E|-b|-c|-e|-m|-S|-W|-w|-J|-L|-R|-D) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+host=$1; shift
+dir=/tmp/mpi-kernel-mh-$host
+exec {agent} "$host" "mkdir -p $dir && TMPDIR=$dir && export TMPDIR && $*"
+"""
+
+
+def agent(tmp_path: Path) -> Path:
+    wrapper = tmp_path / "agent.sh"
+    wrapper.write_text(AGENT_WRAPPER.format(agent=MULTIHOST / "agent.sh"))
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def launcher_args(agent: Path) -> str:
     if open_mpi():
         return (f"--mca plm_rsh_agent {agent} --host hostA:2,hostB:1,hostC:1 "
                 f"--map-by slot:oversubscribe --bind-to none")
@@ -78,7 +102,8 @@ def wait_hosts_empty(seconds: float) -> dict[str, list[str]]:
 @pytest.fixture(scope="module", params=["0", "1"], ids=["shared-pids", "MH_PIDNS"])
 def spec(request, cluster, tmp_path_factory):
     name = f"mpi-mh-{request.param}"
-    install_kernelspec(tmp_path_factory.mktemp("prefix"), name=name, mpiexec_args=launcher_args().split(),
+    args = launcher_args(agent(tmp_path_factory.mktemp("agent"))).split()
+    install_kernelspec(tmp_path_factory.mktemp("prefix"), name=name, mpiexec_args=args,
                        env={"MH_PIDNS": request.param})
     return name
 

@@ -47,8 +47,11 @@ def test_a_dead_server_is_reported_in_the_cell_and_a_new_job_starts(kernel, how,
     km, kc = kernel
     run(kc, "x = 1")
     _, old_job = job_pids(km)
-    status, out = run(kc, f"%%px --targets 1\n{how}")
-    assert status == "error"
+    messages: list[dict] = []
+    reply = kc.execute_interactive(f"%%px --targets 1\n{how}", output_hook=messages.append, timeout=60)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["execution_count"] == 2  # the cell's own count, as for any error
+    out = [{"type": m["msg_type"], **m["content"]} for m in messages]
     message = the_death(out)
     assert f"server rank 1 on {socket.gethostname()} (pid" in message and said in message, message
     assert "Every rank's variables are lost" in message

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 DELIMITER = b"<IDS|MSG>"
 IDENTITY = b"mpi-kernel-relay"
 ROUTED = ("shell", "control", "stdin")
+WELCOME_WAIT = 3.0
 
 
 def split(frames: list[bytes]) -> tuple[list[bytes], dict, dict]:
@@ -72,8 +74,10 @@ class Relay:
         self.front: dict[str, zmq.Socket] = {}
         self.back: dict[str, zmq.Socket] = {}
         self.executing: dict[str, tuple[list[bytes], dict]] = {}  # msg_id -> (idents, header)
+        self.counts: dict[str, int] = {}  # msg_id -> execution count, from the kernel's execute_input
         self.held: list[list[bytes]] = []  # control messages that came while detached
         self.subscribed = False  # the back iopub's subscription has reached the kernel
+        self.attached_at = 0.0
         kinds = {"shell": zmq.ROUTER, "control": zmq.ROUTER, "stdin": zmq.ROUTER, "iopub": zmq.XPUB}
         for channel, kind in kinds.items():
             sock = context.socket(kind)
@@ -114,8 +118,10 @@ class Relay:
             self.back[channel] = sock
         self.back["iopub"].send(b"\x01")  # everything: frontends that subscribed earlier get it too
         # Until the kernel answers that subscription (its iopub welcome, JEP 65), what it
-        # publishes would be lost: frontend requests wait in the front sockets till then.
+        # publishes would be lost: frontend requests wait in the front sockets till then,
+        # or for WELCOME_WAIT s (ipykernel < 7 sends no welcome).
         self.subscribed = False
+        self.attached_at = time.monotonic()
         for frames in self.held:
             self.back["control"].send_multipart(frames)
         self.held = []
@@ -129,7 +135,7 @@ class Relay:
         """What the supervisor's loop should poll now."""
         if not self.attached:
             return [self.front["control"], self.front["iopub"]]
-        if not self.subscribed:
+        if not self.subscribed and time.monotonic() < self.attached_at + WELCOME_WAIT:
             return [self.front["iopub"], *self.back.values()]
         return [*self.front.values(), *self.back.values()]
 
@@ -150,6 +156,7 @@ class Relay:
                         self.back["iopub"].send_multipart(frames)
                 else:
                     self.subscribed = True  # the welcome, or anything: the subscription is in
+                    self._note_count(frames)
                     self.front["iopub"].send_multipart(frames)
                 continue
             if front:
@@ -186,20 +193,30 @@ class Relay:
             _, header, parent = split(frames)
             if header.get("msg_type") == "execute_reply":
                 self.executing.pop(parent.get("msg_id"), None)
+                self.counts.pop(parent.get("msg_id"), None)
         self.front[channel].send_multipart(frames)
+
+    def _note_count(self, frames: list[bytes]) -> None:
+        """Keep the execution count of cells in flight, for an error reply if the job dies."""
+        if not self.executing:
+            return
+        _, header, parent = split(frames)
+        if header.get("msg_type") == "execute_input" and parent.get("msg_id") in self.executing:
+            content = self.session.unpack(frames[frames.index(DELIMITER) + 5])
+            self.counts[parent["msg_id"]] = content.get("execution_count")
 
     # -- messages of the supervisor's own ---------------------------------------------------
     def fail_executing(self, ename: str, evalue: str, traceback: list[str]) -> int:
         """End every cell in flight with an error; return how many there were."""
         content = {"ename": ename, "evalue": evalue, "traceback": traceback}
-        for idents, header in self.executing.values():
+        for msg_id, (idents, header) in self.executing.items():
             self.session.send(self.front["iopub"], "error", content, parent=header)
             self.session.send(self.front["shell"], "execute_reply",
-                              {"status": "error", "execution_count": None, **content},
+                              {"status": "error", "execution_count": self.counts.get(msg_id), **content},
                               parent=header, ident=idents)
             self.publish_status("idle", header)
         count = len(self.executing)
-        self.executing = {}
+        self.executing, self.counts = {}, {}
         return count
 
     def publish_status(self, state: str, parent: dict | None = None) -> None:
