@@ -154,3 +154,14 @@ def test_a_frontend_that_exits_right_after_its_shutdown_request_gets_an_orderly_
     assert time.monotonic() - float(console.stdout.split()[0]) < 2.5
     assert "the MPI job ended (launcher exit 0)" in console.stderr
     assert "aborting the MPI job" not in console.stderr
+
+
+def test_nbclient_runs_a_notebook_on_the_kernel_without_configuration():
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%%px\nrank * 2"),
+                                         nbformat.v4.new_code_cell("6 * 7")])
+    NotebookClient(nb, kernel_name=NAME, timeout=60).execute()
+    first, second = (c["outputs"] for c in nb.cells)
+    assert "Out[2:" in "".join(o.get("text", "") for o in first) and "4" in str(first)
+    assert second[0]["data"]["text/plain"] == "42"
