@@ -46,6 +46,15 @@ def endpoint(transport: str, ip: str, port: int) -> str:
     return f"ipc://{ip}-{port}" if transport == "ipc" else f"{transport}://{ip}:{port}"
 
 
+def mentions(frames: list[bytes], *names: bytes) -> bool:
+    """Whether the header frame contains one of `names` (a cheap test before decoding it)."""
+    try:
+        header = frames[frames.index(DELIMITER) + 2]
+    except (ValueError, IndexError):
+        return False
+    return any(name in header for name in names)
+
+
 class Heartbeat(threading.Thread):
     """Echo heartbeats on the connection file's hb port, in C (zmq.device)."""
 
@@ -156,8 +165,8 @@ class Relay:
                         self.back["iopub"].send_multipart(frames)
                 else:
                     self.subscribed = True  # the welcome, or anything: the subscription is in
-                    self._note_count(frames)
                     self.front["iopub"].send_multipart(frames)
+                    self._note_count(frames)
                 continue
             if front:
                 events.extend(self._from_frontend(channel, frames))
@@ -173,32 +182,34 @@ class Relay:
                 return channel, False
         raise KeyError("not a relay socket")
 
+    # Each message is passed on first and looked at after, and only headers that name one of
+    # the few types the relay needs are decoded: this is the path every cell's messages take.
     def _from_frontend(self, channel: str, frames: list[bytes]) -> list[tuple[str, Any]]:
+        if self.attached:
+            self.back[channel].send_multipart(frames)
         events = []
-        if channel in ("shell", "control"):
+        if channel in ("shell", "control") and mentions(frames, b"execute_request", b"shutdown_request"):
             idents, header, _ = split(frames)
             if header.get("msg_type") == "execute_request":
                 self.executing[header["msg_id"]] = (idents, header)
             elif header.get("msg_type") == "shutdown_request":
                 content = self.session.unpack(frames[frames.index(DELIMITER) + 5])
                 events.append(("shutdown", (idents, header, bool(content.get("restart")))))
-        if self.attached:
-            self.back[channel].send_multipart(frames)
-        elif channel == "control" and not events:
+        if not self.attached and channel == "control" and not events:
             self.held.append(frames)
         return events
 
     def _from_kernel(self, channel: str, frames: list[bytes]) -> None:
-        if channel == "shell":
+        self.front[channel].send_multipart(frames)
+        if channel == "shell" and mentions(frames, b"execute_reply"):
             _, header, parent = split(frames)
             if header.get("msg_type") == "execute_reply":
                 self.executing.pop(parent.get("msg_id"), None)
                 self.counts.pop(parent.get("msg_id"), None)
-        self.front[channel].send_multipart(frames)
 
     def _note_count(self, frames: list[bytes]) -> None:
         """Keep the execution count of cells in flight, for an error reply if the job dies."""
-        if not self.executing:
+        if not self.executing or not mentions(frames, b"execute_input"):
             return
         _, header, parent = split(frames)
         if header.get("msg_type") == "execute_input" and parent.get("msg_id") in self.executing:

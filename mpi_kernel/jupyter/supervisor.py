@@ -145,12 +145,13 @@ class Supervisor:
         self.terminate_reason = "the supervisor got SIGTERM (Jupyter shut the kernel down or is gone)"
 
     def _loop(self) -> int:
+        watched, poller = None, zmq.Poller()
         while True:
-            poller = zmq.Poller()
-            for sock in self.relay.sockets():
-                poller.register(sock, zmq.POLLIN)
-            for fd in self._job_fds():
-                poller.register(fd, zmq.POLLIN)
+            items = [*self.relay.sockets(), *self._job_fds()]
+            if items != watched:  # a new poller only when the set changes: not per message
+                watched, poller = items, zmq.Poller()
+                for item in items:
+                    poller.register(item, zmq.POLLIN)
             for item, _ in poller.poll(100):
                 self._on_ready(item)
             if self.terminate_reason is None and os.getppid() != self.parent:
