@@ -68,6 +68,9 @@ def test_death_words():
 def test_the_cause_is_not_a_rank_the_launcher_terminated():
     ended = [{"rank": 0, "host": "h", "pid": 1, "signal": 15}, {"rank": 2, "host": "h", "pid": 3, "code": 7}]
     assert deaths.summary(ended, 7, 3).startswith("server rank 2 on h (pid 3) exited with code 7")
+    # Across hosts the kernel rank's own exit (its MPI lost a peer) can be reported first.
+    ended = [{"rank": 3, "host": "hostC", "pid": 9, "code": 14}, {"rank": 2, "host": "hostB", "pid": 5, "signal": 9}]
+    assert deaths.summary(ended, 1, 3).startswith("server rank 2 on hostB (pid 5) killed by signal 9")
 
 
 def test_death_without_reports_names_the_launcher_status():

@@ -59,13 +59,21 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
             return (f"a rank called MPI_Abort with errorcode {launcher_code}, or {launcher} failed "
                     f"(it exited with code {launcher_code}; no rank reported its own end)")
         return f"the MPI job ended without a rank reporting why; {launcher} {how(_launcher_entry(launcher_code))}"
-    # Open MPI ends the other ranks with SIGTERM, and their reports can come first.
-    ended = sorted(ended, key=lambda e: e.get("signal") == signal.SIGTERM)
+    # Reports come in no reliable order (across hosts a bystander's can come first), so the
+    # cause is the likeliest: a rank killed by a signal, then one that exited with an error
+    # (ranks whose MPI lost a peer exit so), then one the launcher terminated (SIGTERM).
+    ended = sorted(ended, key=_likeliest_cause)
     first, rest = ended[0], ended[1:]
     text = f"{who(first, client_rank)} {how(first)}"
     if rest:  # what the launcher or MPI did to the others once the first had gone
         text += "; then " + ", ".join(f"rank {e.get('rank')} on {e.get('host')} ({_short(e)})" for e in rest)
     return text
+
+
+def _likeliest_cause(entry: dict) -> int:
+    if "signal" in entry:
+        return 2 if entry["signal"] == signal.SIGTERM else 0
+    return 1
 
 
 def _short(entry: dict) -> str:
