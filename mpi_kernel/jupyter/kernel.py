@@ -25,6 +25,7 @@ from ..client import MPICommandClient
 from . import link
 
 log = logging.getLogger("mpi_kernel.kernel")
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 
 class MPIKernel(IPythonKernel):
@@ -76,13 +77,12 @@ class SupervisorLink:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         self.connection_file = os.path.join(folder, "kernel.json")
         # On the supervisor's host the channels are Unix sockets in that private folder;
-        # from another host, TCP on the interface that reaches it.
         # from another host, TCP on the interface that reaches it, encrypted with CurveZMQ
         # (ipykernel's own support), so code and outputs do not cross the cluster in clear.
         self.transport, self.ip = ("ipc", os.path.join(folder, "ch")) if ip == "127.0.0.1" else ("tcp", ip)
         info_file = {"ip": self.ip, "key": info.key, "transport": self.transport,
                      "signature_scheme": info.signature_scheme,
-                     **{f"{c}_port": 0 for c in ("shell", "iopub", "stdin", "control", "hb")}}
+                     **{f"{c}_port": 0 for c in CHANNELS}}
         self.curve_publickey = None
         if self.transport == "tcp" and zmq.has("curve"):
             public, secret = zmq.curve_keypair()
@@ -94,7 +94,7 @@ class SupervisorLink:
     def hello(self, app: IPKernelApp, client: MPICommandClient) -> None:
         """Tell the supervisor where this rank listens; then watch the link."""
         servers = {r: [s["host"], s["pid"]] for r, s in client.get_server_status().items()}
-        ports = {c: getattr(app, f"{c}_port") for c in ("shell", "iopub", "stdin", "control", "hb")}
+        ports = {c: getattr(app, f"{c}_port") for c in CHANNELS}
         env = environment.current()
         link.send(self.sock, self.key, "hello", rank=env.rank, host=env.host, pid=os.getpid(),
                   transport=self.transport, ip=self.ip, ports=ports, curve_publickey=self.curve_publickey,

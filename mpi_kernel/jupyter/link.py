@@ -85,6 +85,7 @@ class LineReader:
             data = b""
         self._buffer += data
         if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+            self._buffer = b""
             raise LinkError("a link message longer than 1 MiB was dropped")
         *lines, self._buffer = self._buffer.split(b"\n")
         return [decode(self.key, line) for line in lines if line], not data
