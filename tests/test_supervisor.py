@@ -13,7 +13,8 @@ import time
 import pytest
 from jupyter_client.connect import write_connection_file
 
-from kernel_helpers import error_text, install_kernelspec, job_pids, run, start_kernel, text_of, wait_gone
+from kernel_helpers import (error_text, install_kernelspec, job_pids, process_tree, run, start_kernel, text_of,
+                            wait_gone)
 
 NAME = "mpi-supervised"
 
@@ -126,7 +127,6 @@ def test_the_job_is_aborted_when_jupyter_stops_waiting(tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        from kernel_helpers import process_tree
         while len(process_tree(sup.pid)) < 8 and time.monotonic() < deadline:
             time.sleep(0.1)  # supervisor, mpiexec, proxy, 3 guards and 3 ranks
         job = process_tree(sup.pid)[1:]

@@ -70,7 +70,6 @@ class SupervisorLink:
     """
 
     def __init__(self, info: link.LinkInfo) -> None:
-        self.info = info
         self.key = info.key.encode()
         self.sock, ip = link.connect(info)
         folder = tempfile.mkdtemp(prefix="mpi-kernel-")  # mode 0700: the key is in the file

@@ -35,7 +35,6 @@ class LinkInfo:
     port: int
     key: str
     signature_scheme: str = "hmac-sha256"
-    transport: str = "tcp"
     stop_timeout: float = 1.0
 
     def to_env(self) -> str:

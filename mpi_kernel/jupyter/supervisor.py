@@ -50,7 +50,6 @@ HOST_VARIABLES = ("HYDRA_HOST_FILE", "PBS_NODEFILE", "SLURM_JOB_ID", "LSB_HOSTS"
 class Job:
     """One launch of the MPI job."""
     proc: subprocess.Popen
-    started: float
     link: socket.socket | None = None
     reader: link.LineReader | None = None
     hello: dict | None = None
@@ -86,7 +85,6 @@ class Supervisor:
         return link.LinkInfo(host=socket.gethostname(), addresses=self.link_addresses,
                              port=self.listener.getsockname()[1], key=self.key.decode(),
                              signature_scheme=self.connection.get("signature_scheme", "hmac-sha256"),
-                             transport=self.connection.get("transport", "tcp"),
                              stop_timeout=self.stop_timeout)
 
     def start_job(self) -> None:
@@ -101,7 +99,7 @@ class Supervisor:
                                 preexec_fn=guard.die_with_parent)  # the launcher dies with us
         for pipe in (proc.stdout, proc.stderr):
             os.set_blocking(pipe.fileno(), False)
-        self.job = Job(proc, time.monotonic())
+        self.job = Job(proc)
 
     def terminate_job(self, reason: str) -> None:
         """End the job on every host: MPI_Abort from the kernel rank, then the launcher's teardown."""
@@ -284,6 +282,8 @@ class Supervisor:
                 except BlockingIOError:
                     continue
                 if not data:
+                    if job.partial.get(pipe.fileno()):  # a last line without a newline
+                        self._take_lines(job, pipe.fileno(), b"\n", out)
                     pipe.close()
                     continue
                 got = True
