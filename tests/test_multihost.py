@@ -82,6 +82,8 @@ def cluster():
     if setup.returncode != 0:
         pytest.skip(f"the simulated cluster could not be set up: {setup.stderr.strip()[-300:]}")
     yield
+    for host in HOSTS:  # the per-host TMPDIRs of AGENT_WRAPPER
+        shutil.rmtree(f"/tmp/mpi-kernel-mh-{host}", ignore_errors=True)
     if not existed:
         subprocess.run(["bash", str(MULTIHOST / "teardown.sh")], capture_output=True, timeout=60)
 
