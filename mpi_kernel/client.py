@@ -196,9 +196,10 @@ class MPICommandClient(Configurable):
                              verbose: bool = True, timeout: float | None = None) -> list[dict]:
         """Responses for the given ids, in that order (guide 5.4).
 
-        Non-blocking returns those available. Blocking waits for all of them (a timed-out
-        server's requests count as answered by their timeout response); with `timeout` it
-        raises TimeoutError naming the ids still pending.
+        Non-blocking returns those available (a timed-out server's requests have a synthetic
+        timeout response until the real one arrives). Blocking waits for all of them; the
+        requests of a server that is in timeout when they are retrieved count as answered by
+        their timeout response. With `timeout` it raises TimeoutError naming the ids still pending.
         """
         ids = self._check_ids(command_request_id_list)
         if block:
@@ -559,19 +560,31 @@ class MPICommandClient(Configurable):
 
     # -- internals: waiting --------------------------------------------------------------
     def _wait_responses(self, ids: list[int], timeout: float | None) -> list[int]:
-        """Wait for the responses of `ids`; return the ids still without one."""
+        """Wait for the responses of `ids`; return the ids still without one.
+
+        A synthetic timeout response counts only while its server is in timeout: once the
+        server answers again, the wait goes on for the real response (guide 5.4).
+        """
         remaining = collections.deque(ids)
 
         def pending() -> collections.deque:
             # Responses come back roughly in order: checking from the front keeps each
             # check O(1) even when thousands of ids are awaited.
-            while remaining and remaining[0] in self._responses:
+            while remaining and self._settled(remaining[0]):
                 remaining.popleft()
+            if not remaining:  # a server may have recovered since its ids were checked
+                remaining.extend(i for i in ids if not self._settled(i))
             return remaining
 
         self._wait_until(pending, timeout)
         with self._lock:
-            return [i for i in remaining if i not in self._responses]
+            return [i for i in ids if not self._settled(i)]
+
+    def _settled(self, request_id: int) -> bool:
+        response = self._responses.get(request_id)
+        if response is None:
+            return False
+        return response["status"] != protocol.TIMEOUT or self._monitor.table[response["server"]].timeout
 
     def _wait_for(self, ids: list[int], timeout: float | None) -> None:
         """Wait for the responses of `ids`; TimeoutError naming those that did not come."""

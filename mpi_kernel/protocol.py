@@ -46,15 +46,26 @@ RESPONSE_KEYS = (
 )
 
 
-@functools.lru_cache(maxsize=1024)
+# Commands up to this size have their mode cached: loops send the same short text again
+# and again. A longer one is compiled each time (that costs no more than sending it), so
+# the cache never holds big texts (1,024 cached 1 MB commands would be 1 GB).
+CACHED_COMMAND_SIZE = 4096
+
+
 def command_mode(command: str) -> str:
     """Return "eval" if `command` compiles as an expression, else "exec".
 
-    Raises SyntaxError when it is neither. Cached: notebooks and loops send the
-    same command text again and again, and compiling costs more than a round trip.
+    Raises SyntaxError when it is neither, TypeError when it is not a string.
     """
     if not isinstance(command, str):
-        raise TypeError(f"command must be a str, not {type(command).__name__}")
+        raise TypeError(f"a command is a string of Python code, not a {type(command).__name__} "
+                        f"(join a list of lines with '\\n'.join(lines))")
+    if len(command) <= CACHED_COMMAND_SIZE:
+        return _cached_mode(command)
+    return _mode(command)
+
+
+def _mode(command: str) -> str:
     try:
         compile(command, "<command>", "eval")
         return "eval"
@@ -62,6 +73,9 @@ def command_mode(command: str) -> str:
         pass
     compile(command, "<command>", "exec")  # raises SyntaxError with the details
     return "exec"
+
+
+_cached_mode = functools.lru_cache(maxsize=1024)(_mode)
 
 
 def check_names(names: Any, what: str) -> list[str]:
@@ -163,7 +177,9 @@ def cancelled_response(request: dict) -> dict:
 def timeout_response(request: dict, server: int, timeout: float) -> dict:
     """The synthetic response a pending request gets when its server times out."""
     text = (f"Timeout of assigned server {server}: it did not answer the monitor for more than "
-            f"{timeout:g} s. The real response replaces this one if the server recovers.")
+            f"{timeout:g} s (busy in code that holds the GIL, or gone). If it answers again, a "
+            f"blocking get_command_response() waits for the real response; a non-blocking one "
+            f"returns this one until the real one arrives.")
     response = response_from_reply(request, server, make_reply(request["id"], traceback=text))
     response["status"] = TIMEOUT
     return response

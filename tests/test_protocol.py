@@ -11,8 +11,14 @@ def test_command_mode_eval_exec_and_syntax_error():
     assert protocol.command_mode("import os\nos.getpid()") == "exec"
     with pytest.raises(SyntaxError):
         protocol.command_mode("1 +")
-    with pytest.raises(TypeError, match="command must be a str"):
+    with pytest.raises(TypeError, match="a command is a string of Python code, not a int"):
         protocol.command_mode(42)
+    with pytest.raises(TypeError, match=r"not a list \(join a list of lines"):
+        protocol.command_mode(["x = 1", "x"])
+    cached = protocol._cached_mode.cache_info().currsize
+    big = "x = 1\n" * 10_000  # longer than CACHED_COMMAND_SIZE: right, and not cached
+    assert protocol.command_mode(big) == "exec"
+    assert protocol._cached_mode.cache_info().currsize == cached
 
 
 @pytest.mark.parametrize("target, expected", [(None, None), (0, [0]), ([0, 2], [0, 2]), ((1,), [1])])

@@ -236,10 +236,12 @@ def test_stopped_server_times_out_then_recovers(job):
         others = c.push_command_request("'fine'", True, [1, 2])
         os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 10
-        while c.get_command_response(queued, False, False)[0]["status"] != "response received":
+        while c.get_server_status(0)["state"] == "timeout":  # the server answers pings again
             assert time.monotonic() < deadline, "no recovery"
-            time.sleep(0.05)
-        final = c.get_command_response(ids + queued, True)
+            c.get_command_response([], False)
+            time.sleep(0.01)
+        # It has recovered: a blocking get waits for the real responses, not the stale ones.
+        final = c.get_command_response(ids + queued, True, timeout=10)
         print(json.dumps([detected, [(r["status"], r["successful"], r["traceback"][:28]) for r in first],
                           state, refused, [r["ret"] for r in others],
                           [(r["status"], r["ret"]) for r in final], c.get_server_status(0)["state"]]))
