@@ -49,6 +49,12 @@ class StreamPrinter:
     def write(self, rank: int, name: str, text: str) -> None:
         (sys.stderr if name == "stderr" else sys.stdout).write(self.label(rank, name, text))
 
+    def end_lines(self) -> None:
+        """End the lines left unfinished (a cell's last output without a newline)."""
+        for name in self._open:
+            (sys.stderr if name == "stderr" else sys.stdout).write("\n")
+        self._open.clear()
+
 
 _LINE_ENDS = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")  # split after each line end (\n, \r\n, \r)
 
@@ -96,7 +102,7 @@ class RemoteError(Exception):
         self.groups = merge_errors(failed)
         self.note = note
         summary = "; ".join(f"{error_name(tb)} on {ranks_word(ranks)}" for ranks, tb in self.groups)
-        super().__init__(summary + (f". {note}" if note else ""))
+        super().__init__(". ".join(part for part in (summary, note) if part))
 
     def _render_traceback_(self) -> list[str]:
         lines: list[str] = []
@@ -111,6 +117,19 @@ class RemoteError(Exception):
 
 class PxTimeout(RemoteError):
     """Raised by %%px --timeout when servers were still busy."""
+
+
+class PxError(Exception):
+    """A %%px failure that is not one rank's error: shown as its message, without frames."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{RED}{type(self).__name__}{RESET}: {self}"]
+
+
+class PxInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C while %%px was stopping the servers: one line, not the client's frames."""
+
+    _render_traceback_ = PxError._render_traceback_
 
 
 def ranks_word(ranks: list[int]) -> str:
@@ -137,8 +156,8 @@ class ProgressLine:
         text = f"[px] {done}/{self.total} ranks done, {elapsed:.1f} s elapsed"
         if waiting:
             text += f"; waiting for {ranks_word(waiting)}"
-        if self.hint and elapsed > 5:
-            text += f" ({self.hint})"
+        if self.hint:
+            text += f"\n{self.hint}"
         bundle = {"text/plain": text}
         if self._handle is None:
             self._handle = display(bundle, raw=True, display_id=True)

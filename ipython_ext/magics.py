@@ -20,11 +20,12 @@ from mpi_kernel.client import MPICommandClient, ServerError
 from mpi_kernel.protocol import format_ranks
 
 from . import display as show
+from mpi_kernel.stuck import explain
+
 from .monitor import MonitorUpdater, show_monitor
 from .targets import parse_targets
 
-COLLECTIVE_HINT = ("these ranks may wait in a COMM_WORLD collective that the client does not join: "
-                   "use `comm` (the servers' communicator) or `%%px --local`")
+DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
 # The --targets option of the magics that move variables (no "any": they need definite ranks).
 _DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
 _VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
@@ -73,11 +74,21 @@ class MPIMagics(Magics):
             source = cell
         if not source.strip():
             raise UsageError("%px needs code to run, e.g. %px print(rank)")
-        self._run_px(source, args)
+        try:
+            self._run_px(source, args)
+        except show.PxInterrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
+            raise show.PxInterrupted("interrupted while stopping the servers; output they write "
+                                     "from now on shows in a later %%px cell") from None
 
     def _parse(self, magic: Any, line: str) -> Any:
-        args = parse_argstring(magic, line)
-        if getattr(args, "timeout", None) is not None and args.timeout <= 0:
+        try:
+            args = parse_argstring(magic, line)
+        except ValueError as exc:  # shlex: "No closing quotation", "No escaped character"
+            raise UsageError(f"cannot read the options {line!r}: {exc} (quote values with spaces "
+                             f"in matching quotes)") from None
+        if getattr(args, "timeout", None) is not None and not args.timeout > 0:  # nan too
             raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
         if getattr(args, "out", None) is not None and not args.out.isidentifier():
             raise UsageError(f"--out takes a variable name, not {args.out!r}")
@@ -104,41 +115,73 @@ class MPIMagics(Magics):
                 if self.client.get_server_status(rank)["state"] == "timeout":
                     raise UsageError(f"server {rank} is in timeout; choose other --targets")
         ids = self.client.execute_cell(source, targets, want_value=args.out is not None)
+        self._say_busy(ids)
         if args.noblock:
             name = args.out or "_"
             self.pending[name] = (ids, args.out is not None)
             print(f"[px] running as request{'s' if len(ids) > 1 else ''} {format_ranks(ids)}; "
                   f"%pxresult{'' if name == '_' else ' ' + name} shows the results")
             return
-        if args.local:
-            self.shell.run_cell(source, store_history=False)
-        hint = COLLECTIVE_HINT if "COMM_WORLD" in source and not args.local else ""
+        local_ok = self.shell.run_cell(source, store_history=False).success if args.local else True
         try:
-            self._wait(ids, args.timeout, args.group_outputs == "order", hint)
+            self._wait(ids, args.timeout, args.group_outputs == "order", args.local)
             self._finish(ids, args.group_outputs, args.out)
+        except show.RemoteError as exc:
+            if not local_ok:
+                exc.note = "\n".join(filter(None, [exc.note, f"The client's part (rank "
+                                                   f"{len(self.client.servers())}) failed too: its "
+                                                   f"traceback is above."]))
+            raise
         finally:
             self.client.forget(ids)
+        if not local_ok:  # only the client's part failed: the cell fails all the same
+            raise show.PxError(f"%%px --local: the cell failed on the client (rank "
+                               f"{len(self.client.servers())}); its traceback is above. It succeeded "
+                               f"on the servers.")
 
-    def _wait(self, ids: list[int], timeout: float | None, live: bool, hint: str) -> None:
+    def _say_busy(self, ids: list[int]) -> None:
+        """Say at once when the cell must wait for servers still busy with earlier work."""
+        earlier = {s: self.client.get_server_status(s) for s in set(self.client.unanswered(ids).values())
+                   if s is not None}
+        for rank, status in sorted(earlier.items()):
+            if status["busy"] and status["command_id"] not in ids:
+                command = (status["command"] or "").strip().splitlines() or ["?"]
+                print(f"[px] rank {rank} is still busy with an earlier request ({command[0][:60]!r}, "
+                      f"running {status['elapsed'] or 0:.1f} s): this cell starts there when it ends. "
+                      f"Stop or --timeout end the wait.", flush=True)
+
+    def _wait(self, ids: list[int], timeout: float | None, live: bool, local: bool) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
-        progress = show.ProgressLine(len(ids), after=self.progress_after, hint=hint)
+        progress = show.ProgressLine(len(ids), after=self.progress_after)
         self.printer = show.StreamPrinter()  # a fresh cell: no line is left open
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
+        next_look = DIAGNOSE_AFTER
         try:
             while not self.client.wait(ids, timeout=slice_):
                 slice_ = 0.1
                 self._drain(ids, live)
                 waiting = self._waiting(ids)
+                elapsed = time.monotonic() - progress.start
+                if timeout is not None and elapsed > timeout:
+                    self._expire(ids, timeout, local)
+                if waiting and elapsed > next_look:  # a collective that cannot complete?
+                    next_look = elapsed + DIAGNOSE_AFTER
+                    progress.hint = "\n".join(line for line, blocked in self._diagnosis(waiting, local)[0]
+                                              if blocked)
                 progress.update(waiting)
-                if timeout is not None and time.monotonic() - progress.start > timeout:
-                    self._expire(ids, timeout, hint)
         except KeyboardInterrupt:
             # The kernel's interrupt already reached the servers; make sure, then collect.
             self._stop(ids)
-            if not self.client.wait(ids, timeout=5):
+            try:
+                answered = self.client.wait(ids, timeout=5)
+            except KeyboardInterrupt:
+                raise show.PxInterrupted(f"interrupted again: stopped waiting for "
+                                         f"{show.ranks_word(self._waiting(ids))}; output they write from "
+                                         f"now on shows in a later %%px cell") from None
+            if not answered:
                 self._drain(ids, live)
                 progress.close()
-                self._finish(ids, "order", None, self._stuck_note(ids))
+                self._finish(ids, "order", None, self._stuck_note(ids, local))
         finally:
             self._drain(ids, live)
             progress.close()
@@ -154,35 +197,62 @@ class MPIMagics(Magics):
         if running:
             self.client.interrupt(running)
 
-    def _expire(self, ids: list[int], timeout: float, hint: str) -> None:
-        self.client.cancel_queued(ids)  # not started: they never will
-        waiting = self._waiting(ids)
-        stacks = self.client.stacks(waiting)  # before the interrupt: where they were stuck
+    def _diagnosis(self, stuck: list[int], local: bool) -> tuple[list[tuple[str, bool]], dict]:
+        """What the `stuck` ranks are doing, from their stacks (mpi_kernel.stuck):
+        ([(advice, blocked)], {rank: stack report}). Every busy rank's stack is taken, so
+        a collective's missing members can be named."""
         status = self.client.get_server_status()
+        idle = [r for r, s in status.items() if not s["busy"]]
+        stacks = self.client.stacks(sorted({r for r, s in status.items() if s["busy"]} | set(stuck)))
+        reports = {r: None if v is None else v["doing"] for r, v in stacks.items()}
+        still = [r for r in stuck if stacks.get(r) is None or stacks[r]["doing"] is not None]
+        return explain(still, reports, idle, len(status), local), stacks
+
+    def _expire(self, ids: list[int], timeout: float, local: bool) -> None:
+        cancelled = self.client.cancel_queued(ids)  # not started: they never will
+        waiting = self._waiting(ids)
+        status = self.client.get_server_status()
+        advice, stacks = self._diagnosis(waiting, local) if waiting else ([], {})  # before the interrupt
         if waiting:
             self.client.interrupt(waiting)
         self.client.wait(ids, timeout=3)
         self._drain(ids, True)
-        busy = f"still busy: {show.ranks_word(waiting)}" if waiting else "it had not started"
-        lines = [f"%%px --timeout {timeout:g} s expired; {busy}"]
+        if waiting:
+            lines = [f"%%px --timeout {timeout:g} s expired; still busy: {show.ranks_word(waiting)}"]
+        else:
+            lines = [f"%%px --timeout {timeout:g} s expired; it had not started (its servers were busy "
+                     f"with earlier work), and it was cancelled: it will not run"]
+        if cancelled and waiting:
+            queued_on = sorted({r["server"] for r in self.client.get_command_response(cancelled, False, False)
+                                if r["server"] is not None})
+            lines.append(f"Not started on {show.ranks_word(queued_on) if queued_on else 'any server'} "
+                         f"(busy with earlier work): cancelled there, it will not run.")
         for rank in waiting:
             command = (status[rank].get("command") or "").strip().splitlines()
+            stack = (stacks.get(rank) or {}).get("stack", "").rstrip()
             lines.append(f"rank {rank} was running: {command[0] if command else '?'}"
-                         + (f" ...\n{stacks[rank].rstrip()}" if stacks.get(rank) else ""))
-        if hint:
-            lines.append(f"Hint: {hint}.")
-        lines.append(self._stuck_note(ids) or "The servers were interrupted.")
-        failed = [r for r in self.client.get_command_response(ids, False, False) if not r["successful"]]
-        raise show.PxTimeout(failed, "\n".join(lines)) if failed else UsageError("\n".join(lines))
+                         + (f" ...\n{stack}" if stack else ""))
+        still = self._waiting(ids)
+        if still:
+            lines.append(f"{show.ranks_word(still).capitalize()} did not stop after the interrupt:")
+            lines.extend(line for line, _ in advice)
+            lines.append("Work sent to them waits until they are free.")
+        elif waiting:
+            lines.append("The servers were interrupted.")
+        # The interrupted ranks' KeyboardInterrupts are what the summary describes: other
+        # errors (a rank that failed before the timeout) are shown beside it.
+        failed = [r for r in self.client.get_command_response(ids, False, False)
+                  if not r["successful"] and show.error_name(r["traceback"] or "") != "KeyboardInterrupt"]
+        raise show.PxTimeout(failed, "\n".join(lines))
 
-    def _stuck_note(self, ids: list[int]) -> str:
-        """Say which ranks an interrupt did not stop (blocked in C, e.g. an MPI call)."""
+    def _stuck_note(self, ids: list[int], local: bool) -> str:
+        """Say which ranks an interrupt did not stop, what they are doing, and what helps."""
         stuck = self._waiting(ids)
         if not stuck:
             return ""
-        return (f"{show.ranks_word(stuck).capitalize()} did not stop: blocked outside Python (an MPI "
-                f"call waiting for a partner?), where an interrupt cannot reach. Work sent there "
-                f"waits until that call returns; restart the kernel to recover.")
+        advice, _ = self._diagnosis(stuck, local)
+        return "\n".join([f"{show.ranks_word(stuck).capitalize()} did not stop after the interrupt:",
+                          *(line for line, _ in advice), "Work sent to them waits until they are free."])
 
     def _drain(self, ids: list[int], live: bool) -> None:
         """Show the output events of `ids`, and output written on a server between commands
@@ -223,6 +293,7 @@ class MPIMagics(Magics):
                 for name in ("stdout", "stderr"):
                     if r[name]:
                         self.printer.write(r["server"], name, r[name])
+        self.printer.end_lines()  # output without a final newline must not run into Out[...]
         count = self.shell.execution_count
         for r in sorted(responses, key=lambda r: r["server"]):
             if r["successful"] and r["ret"] is not None:
@@ -231,10 +302,8 @@ class MPIMagics(Magics):
             self.shell.user_ns[out] = {r["server"]: (r["ret"] or {}).get("value")
                                        for r in responses if r["successful"]}
         failed = [r for r in responses if not r["successful"]]
-        if failed:
+        if failed or note:
             raise show.RemoteError(failed, note)
-        if note:
-            raise UsageError(note)
 
     # -- %pxresult, %autopx ---------------------------------------------------------------
     @line_magic
@@ -245,7 +314,7 @@ class MPIMagics(Magics):
             known = ", ".join(sorted(n for n in self.pending if n != "_")) or "none"
             raise UsageError(f"no pending %%px --noblock results named {name!r} (named ones: {known})")
         ids, want_value = self.pending[name]
-        self._wait(ids, None, True, "")
+        self._wait(ids, None, True, False)
         del self.pending[name]
         try:
             self._finish(ids, "rank", name if want_value else None)
@@ -272,7 +341,7 @@ class MPIMagics(Magics):
     @line_cell_magic
     def mpi_push(self, line: str, cell: str | None = None) -> None:
         """%mpi_push a b: push client variables to servers. %%mpi_push: run the cell here, push what it assigns."""
-        args = parse_argstring(self.mpi_push, line)
+        args = self._parse(self.mpi_push, line)
         targets = self._definite_targets(args.targets, "mpi_push")
         if cell is None:
             if not args.names:
@@ -308,7 +377,7 @@ class MPIMagics(Magics):
     @line_magic
     def mpi_pull(self, line: str) -> dict:
         """%mpi_pull NAME [NAME ...]: {rank: value} (a list of values per rank for several names)."""
-        args = parse_argstring(self.mpi_pull, line)
+        args = self._parse(self.mpi_pull, line)
         targets = self._definite_targets(args.targets, "mpi_pull")
         with _reported():
             return self.client.pull(args.names[0] if len(args.names) == 1 else args.names, targets)
@@ -319,7 +388,7 @@ class MPIMagics(Magics):
     @line_magic
     def mpi_scatter(self, line: str) -> None:
         """%mpi_scatter NAME: split a client sequence into contiguous parts, one per server."""
-        args = parse_argstring(self.mpi_scatter, line)
+        args = self._parse(self.mpi_scatter, line)
         targets = self._definite_targets(args.targets, "mpi_scatter")
         if args.name not in self.shell.user_ns:
             raise UsageError(f"not defined on the client: {args.name}")
@@ -333,7 +402,7 @@ class MPIMagics(Magics):
     @line_magic
     def mpi_gather(self, line: str) -> Any:
         """%mpi_gather NAME: the servers' parts of NAME joined in rank order (arrays concatenated)."""
-        args = parse_argstring(self.mpi_gather, line)
+        args = self._parse(self.mpi_gather, line)
         targets = self._definite_targets(args.targets, "mpi_gather")
         with _reported():
             return self.client.gather(args.name, targets)

@@ -102,7 +102,7 @@ class MPICommandClient(Configurable):
         self._halt = threading.Event()
         self._waiters = 0  # threads inside _wait_until, pumping themselves
         self._cores = env.cores
-        self._stacks: dict[int, str] = {}
+        self._stacks: dict[int, dict] = {}
         # Called as (server, request_id, stream_name, text) for live output.
         self.stream_callback: StreamCallback | None = None
         # Called as (server, request_id, data, metadata, transient, update) for display data.
@@ -288,15 +288,17 @@ class MPICommandClient(Configurable):
         """The server ranks."""
         return list(self._servers)
 
-    def stacks(self, ranks: list[int], timeout: float = 1.0) -> dict[int, str]:
-        """Where the given servers' running commands are now: {rank: formatted stack}."""
+    def stacks(self, ranks: list[int], timeout: float = 1.0) -> dict[int, dict | None]:
+        """Where the given servers' running commands are now: {rank: {"stack": formatted
+        stack, "doing": stuck.describe's report, "command_id": ...}}, or None for a server
+        that did not answer within `timeout` (its main thread holds the GIL)."""
         with self._lock:
             for rank in ranks:
                 self._stacks.pop(rank, None)
                 self._control(rank, protocol.STACK, None)
         self._wait_until(lambda: [r for r in ranks if r not in self._stacks], timeout)
         with self._lock:
-            return {r: self._stacks[r] for r in ranks if r in self._stacks}
+            return {r: self._stacks.get(r) for r in ranks}
 
     # -- variables ------------------------------------------------------------------------
     def push(self, variables: dict, targets: Any = None) -> None:

@@ -107,6 +107,8 @@ def launch() -> MPIEnvironment:
     framework = world.Dup()
     framework.Set_name("mpi_kernel.framework")
     servers = world.Split(MPI.UNDEFINED if rank == size - 1 else 0, rank)
+    if servers != MPI.COMM_NULL:
+        servers.Set_name("comm (the servers)")
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_size = node.Get_size()
     node.Free()

@@ -43,6 +43,11 @@ class _Publisher:
         pass  # a server cannot clear the client's cell
 
 
+def _refuse_exit() -> None:
+    raise SystemExit("exit() and quit() end only this cell on a server: the servers keep running "
+                     "until the kernel stops (restart the kernel to end the MPI job)")
+
+
 class CellRunner:
     """Runs cell source like IPython does and formats results and errors."""
 
@@ -62,6 +67,7 @@ class CellRunner:
             config.HistoryManager.enabled = False  # ranks must not share one sqlite file
             self._shell = InteractiveShell.instance(config=config, user_ns=self.namespace)
             self._shell.display_pub = _Publisher(self._publish)
+            self._shell.ask_exit = _refuse_exit  # what IPython's exit and quit call
             self.namespace.setdefault("display", __import__("IPython.display").display.display)
         return self._shell
 

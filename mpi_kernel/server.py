@@ -21,7 +21,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-from . import environment, logs, memory, protocol, transport
+from . import environment, logs, memory, protocol, stuck, transport
 from .monitor import MonitorServer, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
@@ -76,6 +76,7 @@ class MPICommandServer:
             "MPI": transport.MPI,
         }
         self._current: tuple[int, str, float] | None = None  # (id, command, start time)
+        self._world_group: Any = None  # COMM_WORLD's group, made on the first stack report
         self._armed = False  # True only while user code runs: SIGINT may raise then
         self._serving = False
         self._main = threading.main_thread().ident
@@ -99,16 +100,21 @@ class MPICommandServer:
         self.send_event(protocol.DISPLAY, (current[0] if current else None, data, metadata,
                                            transient, update))
 
-    def stack(self) -> str:
-        """The main thread's stack, user frames only (for a --timeout report)."""
+    def stack(self) -> dict[str, Any]:
+        """Where the main thread is: its stack (user frames only) and what its innermost frame
+        is doing (stuck.describe: an MPI call, C code, Python), for a stuck-rank report."""
         frame = sys._current_frames().get(self._main)
         if frame is None or self._current is None:
-            return ""
+            return {"stack": "", "doing": None, "command_id": None}
         self._show_source(self._current[1])
         frames = traceback.extract_stack(frame)
         starts = [i for i, f in enumerate(frames)
                   if f.filename.startswith((self._filename[:-1], "<px-cell-"))]
-        return "".join(traceback.format_list(frames[starts[0]:] if starts else frames))
+        if self._world_group is None:
+            self._world_group = self.env.world.Get_group()
+        return {"stack": "".join(traceback.format_list(frames[starts[0]:] if starts else frames)),
+                "doing": stuck.describe(frame, self._world_group, transport.MPI),
+                "command_id": self._current[0]}
 
     def status(self) -> dict[str, Any]:
         current = self._current
@@ -297,4 +303,6 @@ class MPICommandServer:
             raise KeyboardInterrupt
 
 
-_FRAMEWORK_FILES = {__file__, sys.modules[CellRunner.__module__].__file__}
+# Frames of these files are cut from user tracebacks (output.py: input() raising on a server).
+_FRAMEWORK_FILES = {__file__, sys.modules[CellRunner.__module__].__file__,
+                    sys.modules[NoInput.__module__].__file__}

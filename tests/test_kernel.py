@@ -248,16 +248,34 @@ def test_px_local_with_comm_world_collective(kc):
     assert text_of(out).count("sum 6") == 4   # 3 servers and the client
 
 
-def test_px_timeout_names_busy_ranks_and_hints_comm_world(kc):
-    status, out = run(kc, "%%px --timeout 1\nfrom mpi4py import MPI\nimport time\n"
-                          "time.sleep(30) if rank else MPI.COMM_WORLD  # never returns on 1-2")
+def test_px_timeout_names_busy_ranks_and_shows_their_stacks(kc):
+    status, out = run(kc, "%%px --timeout 1\nimport time\n"
+                          "time.sleep(30) if rank else None  # never returns on 1-2")
     assert status == "error"
     (err,) = [o for o in out if o["type"] == "error"]
     tb = ANSI.sub("", "\n".join(err["traceback"]))
     assert "--timeout 1 s expired; still busy: ranks 1-2" in tb
-    assert 'File "<px-cell-' in tb and '", line 3' in tb     # the stack dump of the busy ranks
-    assert "time.sleep(30) if rank else MPI.COMM_WORLD" in tb
-    assert "use `comm` (the servers' communicator) or `%%px --local`" in tb
+    assert 'File "<px-cell-' in tb and '", line 2' in tb     # the stack dump of the busy ranks
+    assert "time.sleep(30) if rank else None" in tb
+    assert "The servers were interrupted." in tb and "KeyboardInterrupt" not in tb  # the summary only
+    status, out = run(kc, "%%px\n'alive'")
+    assert status == "ok" and text_of(out).count("alive") == 3
+
+
+def test_a_collective_the_client_does_not_join_is_recognised_from_the_stacks(kc):
+    """The cell's text does not say COMM_WORLD: the ranks' stacks do."""
+    run(kc, "%%px\nfrom mpi4py import MPI\nw = MPI.COMM_WORLD")
+    status, out = run(kc, "%%px --timeout 6.5\nw.Barrier()")
+    progress = [o["data"]["text/plain"] for o in out if o["type"] == "update_display_data"]
+    assert any("wait in the collective `w.Barrier()` on MPI_COMM_WORLD" in p for p in progress), progress
+    (err,) = [o for o in out if o["type"] == "error"]
+    tb = ANSI.sub("", "\n".join(err["traceback"]))
+    assert "Ranks 0-2 did not stop after the interrupt" in tb
+    assert "Ranks 0-2 wait in the collective `w.Barrier()` on MPI_COMM_WORLD (4 ranks: 0-3); " \
+           "not in it: rank 3. The client (rank 3) is a member" in tb, tb
+    assert "`MPI.COMM_WORLD.Barrier(...)` with matching arguments in a plain cell" in tb
+    status, out = run(kc, "from mpi4py import MPI\nMPI.COMM_WORLD.Barrier()")  # the advice: it frees them
+    assert status == "ok"
     status, out = run(kc, "%%px\n'alive'")
     assert status == "ok" and text_of(out).count("alive") == 3
 
@@ -313,7 +331,8 @@ def test_timeout_of_a_cell_that_never_started(kernel):
     (err,) = [o for o in out if o["type"] == "error"]
     text = ANSI.sub("", "\n".join(err["traceback"]))
     assert status == "error" and "%%px --timeout 0.5 s expired; it had not started" in text
-    assert "cancelled while queued; it did not run" in text and "must not run" not in text_of(out)
+    assert "it was cancelled: it will not run" in text and "must not run" not in text_of(out)
+    assert "[px] rank 0 is still busy with an earlier request ('import time', running" in text_of(out)
     km.interrupt_kernel()                                  # the idle kernel's stop button
     status, out = run(kc, "%pxresult blocker")
     assert [o["evalue"] for o in out if o["type"] == "error"] == ["KeyboardInterrupt on rank 0"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -121,3 +123,54 @@ def test_stream_labels_start_each_line_once():
     # A progress bar redrawing its line keeps its label, and another rank's does not overwrite it.
     assert p.label(0, "stdout", "\r 10%\r 20%") == "[stdout:0] \r[stdout:0]  10%\r[stdout:0]  20%"
     assert p.label(1, "stdout", "\r 10%") == "\n[stdout:1] \r[stdout:1]  10%"
+
+
+def test_unbalanced_quotes_are_a_usage_error(magics):
+    for name, line, cell in [("px", "--targets '0", "1"), ("mpi_pull", 'x "y', None),
+                             ("mpi_push", "a --targets '1", None)]:
+        with pytest.raises(UsageError, match="cannot read the options .*No closing quotation"):
+            getattr(magics, name)(line) if cell is None else getattr(magics, name)(line, cell)
+
+
+class InstantClient(FakeClient):
+    """Every request answers at once, successfully and with no output."""
+
+    def execute_cell(self, source, targets=None, want_value=False):
+        return [1]
+
+    def wait(self, ids, timeout=None):
+        return True
+
+    def unanswered(self, ids):
+        return {}
+
+    def get_command_response(self, ids, block=False, verbose=True):
+        return []
+
+    def pull(self, names, targets=None):
+        return {}
+
+
+# Words the option strings are made of: every magic's flags, values good and bad, quotes.
+_WORDS = ["--targets", "-t", "--timeout", "--noblock", "--local", "--group-outputs", "--out", "--",
+          "-", "all", "any", "0", "1-2", "0,2", "9", "-1", "nan", "inf", "1e9", "rank", "order",
+          "x", "'", '"', "\\", "=", "'a b'", "%", "\x00", "é"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["px", "px-cell", "mpi_push", "mpi_pull", "mpi_scatter", "mpi_gather",
+                             "mpi_status", "pxresult"]),
+       words=st.lists(st.one_of(st.sampled_from(_WORDS), st.text(max_size=4)), max_size=6))
+def test_fuzzed_magic_options_give_usage_errors_only(name, words):
+    """Whatever the options, a magic either works or raises UsageError: no internal error."""
+    shell = InteractiveShell.instance()
+    shell.user_ns.update(x=[1, 2, 3], a=1)
+    m = MPIMagics(shell, InstantClient())
+    line = " ".join(words)
+    try:
+        if name == "px-cell":
+            m.px(line, "1")
+        else:
+            getattr(m, name)(line)
+    except UsageError:
+        pass

@@ -1,0 +1,172 @@
+"""Stuck ranks, read from their stacks: a real kernel, and the advice as a pure function."""
+from __future__ import annotations
+
+import sys
+import time
+import types
+
+import pytest
+
+from kernel_helpers import ANSI, error_text, install_kernelspec, run, start_kernel, text_of
+from mpi_kernel import stuck
+
+
+# -- describe and explain without MPI ------------------------------------------------------
+class FakeMPI:
+    """The few mpi4py types stuck.describe looks at."""
+
+    class Comm:
+        def __init__(self, name: str, members: list[int]) -> None:
+            self.name, self.members = name, members
+
+        def Barrier(self) -> None:
+            frame = sys._getframe(1)     # the caller's frame is what a stack report sees
+            FakeMPI.seen = stuck.describe(frame, None, FakeMPI)
+
+        def Get_name(self) -> str:
+            return self.name
+
+        def Get_group(self) -> "FakeMPI.Group":
+            return FakeMPI.Group(self.members)
+
+    class Group:
+        def __init__(self, members: list[int]) -> None:
+            self.members = members
+
+        def Get_size(self) -> int:
+            return len(self.members)
+
+        def Free(self) -> None:
+            pass
+
+        @staticmethod
+        def Translate_ranks(group: "FakeMPI.Group", ranks: list[int], other: object) -> list[int]:
+            return [group.members[r] for r in ranks]
+
+    Win = File = Request = type("Other", (), {})
+    seen: dict = {}
+
+
+def test_describe_finds_the_mpi_call_and_its_members():
+    holder = types.SimpleNamespace(world=FakeMPI.Comm("MPI_COMM_WORLD", [0, 1, 2, 3]))
+    holder.world.Barrier()
+    report = FakeMPI.seen
+    assert report["kind"] == "mpi" and report["method"] == "Barrier" and report["collective"]
+    assert report["call"] == "holder.world.Barrier()"
+    assert (report["comm"], report["members"]) == ("MPI_COMM_WORLD", [0, 1, 2, 3])
+
+
+def test_describe_other_calls_are_c_code():
+    def eig(frame_holder: list) -> None:
+        frame_holder.append(stuck.describe(sys._getframe(1), None, FakeMPI))
+    found: list = []
+    eig(found)
+    assert found[0]["kind"] == "c" and found[0]["call"] == "eig(found)"
+
+
+MPI_BARRIER = {"kind": "mpi", "call": "w.Barrier()", "method": "Barrier", "collective": True,
+               "comm": "MPI_COMM_WORLD", "members": [0, 1, 2, 3]}
+
+
+def test_explain_groups_ranks_and_names_the_missing_members():
+    servers = {"kind": "mpi", "call": "comm.Barrier()", "method": "Barrier", "collective": True,
+               "comm": "comm (the servers)", "members": [0, 1, 2]}
+    (line, blocked), = stuck.explain([0], {0: servers}, idle=[1, 2], client_rank=3, client_joins=False)
+    assert line.startswith("Rank 0 waits in the collective `comm.Barrier()` on comm (the servers) "
+                           "(3 ranks: 0-2); not in it: ranks 1-2. Run the matching call on ranks 1-2")
+    assert "no restart is needed" in line and blocked
+    (line, blocked), = stuck.explain([0, 1, 2], dict.fromkeys([0, 1, 2], MPI_BARRIER), [], 3, False)
+    assert "not in it: rank 3. The client (rank 3) is a member" in line and blocked
+    (line, blocked), = stuck.explain([0, 1, 2], dict.fromkeys([0, 1, 2], MPI_BARRIER), [], 3, True)
+    assert "The client" not in line and not blocked  # a --local cell: the client may still come
+
+
+def test_explain_c_code_gil_and_point_to_point():
+    reports = {0: {"kind": "c", "call": "_umath_linalg.eig(a)"}, 1: None,
+               2: {"kind": "mpi", "call": "comm.recv(source=0)", "method": "recv", "collective": False,
+                   "comm": "c", "members": [0, 1, 2]}}
+    lines = [line for line, _ in stuck.explain([0, 1, 2], reports, [], 3, False)]
+    assert lines[0].startswith("Rank 0 is in C code (`_umath_linalg.eig(a)`): it returns by itself")
+    assert lines[1].startswith("Rank 1 did not answer within 1 s: C code that holds the GIL")
+    assert lines[2].startswith("Rank 2 waits in the MPI call `comm.recv(source=0)` on c for a partner")
+    assert all("restart" in line for line in lines)
+
+
+# -- a real kernel --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    install_kernelspec(tmp_path_factory.mktemp("prefix"), name="mpi-stuck")
+    km, kc = start_kernel("mpi-stuck")
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def interrupted(km, kc, code: str, after: float = 1.0, again: float | None = None) -> dict:
+    """Run `code`, press Stop after `after` s (and again `again` s later); the reply."""
+    msg_id = kc.execute(code)
+    time.sleep(after)
+    km.interrupt_kernel()
+    if again is not None:
+        time.sleep(again)
+        km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
+
+
+def traceback_of(reply: dict) -> str:
+    return ANSI.sub("", "\n".join(reply.get("traceback", [])))
+
+
+def test_a_barrier_one_server_never_reaches_is_released_without_a_restart(kernel):
+    km, kc = kernel
+    reply = interrupted(km, kc, "%%px --targets 0\ncomm.Barrier()")
+    text = traceback_of(reply)
+    assert reply["status"] == "error" and "Rank 0 did not stop after the interrupt" in text
+    assert "not in it: ranks 1-2. Run the matching call on ranks 1-2 (`%%px --targets 1-2`)" in text
+    assert "restart the kernel" not in text.split("not in it")[1].split("\n")[0]
+    # The next cell must wait for rank 0: it says so at once; Stop ends it cleanly.
+    reply = interrupted(km, kc, "%%px\nprint('next', rank)", after=1.5)
+    assert reply["status"] == "error" and reply["evalue"].startswith("KeyboardInterrupt on rank 0")
+    status, out = run(kc, "%%px --targets 1,2\ncomm.Barrier()")     # the advice
+    assert status == "ok"
+    status, out = run(kc, "%%px\nprint('after', rank)")
+    assert status == "ok" and text_of(out).count("after") == 3
+
+
+def test_numpy_in_c_and_a_gil_holder_are_told_apart(kernel):
+    km, kc = kernel
+    reply = interrupted(km, kc, "%%px --targets 0\nimport numpy as np\nw = np.linalg.eig(np.random.rand(2500, 2500))")
+    assert "Rank 0 is in C code (`_umath_linalg.eig(" in traceback_of(reply)
+    status, out = run(kc, "%%px --targets 1 --timeout 1\nsys = __import__('sys')\nx = 7 ** (15 * 10**6)")
+    text = error_text(out)
+    assert "Rank 1 did not answer within 1 s: C code that holds the GIL" in text, text
+    status, out = run(kc, "%%px\n'free again'", timeout=90)   # both end by themselves
+    assert status == "ok" and text_of(out).count("free again") == 3
+
+
+def test_a_second_stop_gives_one_line_not_the_client_frames(kernel):
+    km, kc = kernel
+    reply = interrupted(km, kc, "%%px --targets 0\ncomm.Barrier()", after=1.0, again=0.3)
+    assert reply["status"] == "error" and reply["ename"] == "PxInterrupted", reply
+    assert len(reply["traceback"]) == 1 and "stopped waiting for rank 0" in traceback_of(reply)
+    run(kc, "%%px --targets 1,2\ncomm.Barrier()")
+    status, out = run(kc, "%%px\n'alive'")
+    assert status == "ok" and text_of(out).count("alive") == 3
+
+
+def test_exit_quit_and_a_client_only_failure(kernel):
+    km, kc = kernel
+    for call in ("exit()", "quit()"):
+        status, out = run(kc, f"%%px --targets 0\n{call}")
+        assert status == "error" and "SystemExit: exit() and quit() end only this cell on a server" \
+            in error_text(out), error_text(out)
+    status, out = run(kc, "%%px --local\nfrom mpi4py import MPI\nif MPI.COMM_WORLD.Get_rank() == 3:\n    1/0")
+    assert status == "error"                     # Run All stops here
+    assert "ZeroDivisionError" in error_text(out) and "failed on the client (rank 3)" in error_text(out)
+    status, out = run(kc, "%%px --targets 0\nimport sys\nsys.stdout.write('no newline')\n42")
+    assert "[stdout:0] no newline\n" in text_of(out) and "Out[0:" in text_of(out)
+    status, out = run(kc, "%%px --targets 0\ninput()")
+    assert "output.py" not in error_text(out) and "EOFError" in error_text(out)
