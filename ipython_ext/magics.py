@@ -26,6 +26,7 @@ from .monitor import MonitorUpdater, show_monitor
 from .targets import parse_targets
 
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
+BUSY_NOTICE_AFTER = 1.0  # seconds a server has been busy before a new cell says it waits for it
 # The --targets option of the magics that move variables (no "any": they need definite ranks).
 _DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
 _VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
@@ -140,11 +141,14 @@ class MPIMagics(Magics):
                                f"on the servers.")
 
     def _say_busy(self, ids: list[int]) -> None:
-        """Say at once when the cell must wait for servers still busy with earlier work."""
+        """Say at once when the cell must wait for servers busy with earlier work for a while
+        (work younger than BUSY_NOTICE_AFTER, such as the kernel's own warm-up, is left out:
+        it is likely done before the notice is read)."""
         earlier = {s: self.client.get_server_status(s) for s in set(self.client.unanswered(ids).values())
                    if s is not None}
         for rank, status in sorted(earlier.items()):
-            if status["busy"] and status["command_id"] not in ids:
+            if status["busy"] and status["command_id"] not in ids and \
+                    (status["elapsed"] or 0) >= BUSY_NOTICE_AFTER:
                 command = (status["command"] or "").strip().splitlines() or ["?"]
                 print(f"[px] rank {rank} is still busy with an earlier request ({command[0][:60]!r}, "
                       f"running {status['elapsed'] or 0:.1f} s): this cell starts there when it ends. "

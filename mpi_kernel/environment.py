@@ -114,6 +114,8 @@ def launch() -> MPIEnvironment:
     node.Free()
     _current = MPIEnvironment(world, framework, servers, rank, size, socket.gethostname(), library,
                               local_size)
+    from . import usercomm
+    usercomm.install(world)  # after the framework took the real COMM_WORLD
     return _current
 
 
@@ -132,4 +134,4 @@ def abort(code: int = 1) -> None:
     launchers do not end ranks on other hosts when one rank just exits."""
     sys.stdout.flush()
     sys.stderr.flush()
-    MPI.COMM_WORLD.Abort(code)
+    (_current.world if _current is not None else MPI.COMM_WORLD).Abort(code)

@@ -21,7 +21,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-from . import environment, logs, memory, protocol, stuck, transport
+from . import environment, logs, memory, protocol, stuck, transport, usercomm
 from .monitor import MonitorServer, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
@@ -72,7 +72,7 @@ class MPICommandServer:
         self._filename = f"<server {env.rank}>"
         self.namespace: dict[str, Any] = {
             "__name__": "__mpi_server__", "__builtins__": __builtins__,
-            "comm": env.servers, "rank": env.rank, "size": env.servers.Get_size(),
+            "comm": usercomm.UserComm(env.servers), "rank": env.rank, "size": env.servers.Get_size(),
             "MPI": transport.MPI,
         }
         self._current: tuple[int, str, float] | None = None  # (id, command, start time)
@@ -130,6 +130,8 @@ class MPICommandServer:
         if config.get("capture_fd_output") and self.fd_capture is None:
             self.fd_capture = FdCapture(self.capture)
             self.fd_capture.start()
+            # An abort's message must reach the job's stderr, not a pipe nobody reads after it.
+            usercomm.before_abort.append(self.fd_capture.stop)
             faulthandler.enable(self.fd_capture.originals[2])  # crash reports still reach the log
         logs.install_forwarding(lambda record: self.send_event(protocol.LOG, record),
                                 config.get("log_level", logging.WARNING))

@@ -1,5 +1,5 @@
 """Bad input gets a clear error and loses nothing (real 4-rank jobs)."""
-from conftest import last_json
+from conftest import last_json, run_job
 
 
 def test_bad_input_errors_keep_queued_work(job):
@@ -150,3 +150,14 @@ def test_traceback_through_a_function_from_an_earlier_command_shows_its_lines(jo
     assert lines[1:3] == ['File "<server 0>", line 2, in <module>', "f(0)"]
     assert lines[3].startswith('File "<server 0 command-') and lines[3].endswith('", line 5, in f')
     assert lines[4] == "return 1 / a"
+
+
+def test_an_abort_on_a_server_names_its_rank_and_ends_the_job(tmp_path):
+    proc = run_job(tmp_path, """
+        c = MPICommandClient(); c.start_services()
+        c.push_command_request("print('before'); comm.Abort(5)", True, 1)
+        print("not reached")
+    """, timeout=60)
+    assert proc.returncode != 0 and "not reached" not in proc.stdout
+    assert "mpi-kernel: rank 1 on " in proc.stderr and "called MPI_Abort: Abort(5) on comm (the servers)" \
+        in proc.stderr, proc.stderr

@@ -327,6 +327,7 @@ def test_interrupt_cancels_queued_cells_and_stops_running_ones(kernel):
 def test_timeout_of_a_cell_that_never_started(kernel):
     km, kc = kernel
     run(kc, "%%px --noblock --targets 0 --out blocker\nimport time\ntime.sleep(30)")
+    time.sleep(1.2)  # busy long enough for the next cell to say it waits
     status, out = run(kc, "%%px --targets 0 --timeout 0.5\nprint('must not run')")
     (err,) = [o for o in out if o["type"] == "error"]
     text = ANSI.sub("", "\n".join(err["traceback"]))

@@ -170,3 +170,11 @@ def test_exit_quit_and_a_client_only_failure(kernel):
     assert "[stdout:0] no newline\n" in text_of(out) and "Out[0:" in text_of(out)
     status, out = run(kc, "%%px --targets 0\ninput()")
     assert "output.py" not in error_text(out) and "EOFError" in error_text(out)
+
+
+def test_finalize_on_a_server_is_refused_and_the_server_keeps_serving(kernel):
+    km, kc = kernel
+    status, out = run(kc, "%%px --targets 0\nfrom mpi4py import MPI\nMPI.Finalize()", timeout=20)
+    assert status == "error" and "MPI.Finalize() would end MPI under mpi-kernel" in error_text(out)
+    status, out = run(kc, "%%px\nfrom mpi4py import MPI\nMPI.Is_finalized(), comm.allreduce(1)")
+    assert status == "ok" and text_of(out).count("(False, 3)") == 3

@@ -35,6 +35,8 @@ def how(entry: dict) -> str:
         hint = HINTS.get(number)
         return f"killed by signal {number} ({signal_name(number)})" + (f": {hint}" if hint else "")
     code = entry.get("code")
+    if "abort" in entry:  # the rank said so itself (mpi_kernel.usercomm)
+        return f"called MPI_Abort with errorcode {code} ({entry['abort']})"
     return f"exited with code {code}" + (" (MPI_Abort, sys.exit or os._exit?)" if code else "")
 
 
@@ -60,7 +62,7 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
                     f"(it exited with code {launcher_code}; no rank reported its own end)")
         return f"the MPI job ended without a rank reporting why; {launcher} {how(_launcher_entry(launcher_code))}"
     # Reports come in no reliable order (across hosts a bystander's can come first), so the
-    # cause is the likeliest: a rank killed by a signal, then one that exited with an error
+    # cause is the likeliest: a rank that said it aborts, one killed by a signal, one that exited with an error
     # (ranks whose MPI lost a peer exit so), then one the launcher terminated (SIGTERM).
     ended = sorted(ended, key=_likeliest_cause)
     first, rest = ended[0], ended[1:]
@@ -71,6 +73,8 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
 
 
 def _likeliest_cause(entry: dict) -> int:
+    if "abort" in entry:  # a rank that called Abort is the cause of every other end
+        return -1
     if "signal" in entry:
         return 2 if entry["signal"] == signal.SIGTERM else 0
     return 1

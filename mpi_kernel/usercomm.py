@@ -1,0 +1,71 @@
+"""What user code on a rank gets from mpi4py: communicators whose Abort is reported, and
+an MPI.Finalize that refuses.
+
+- `Abort` ends every rank, and the launcher's teardown follows at once. The message the MPI
+  library prints would go into the server's output capture (a pipe that nobody reads
+  any more), and the supervisor could not tell which rank it was. So the communicators
+  user code starts from (`comm`, and `MPI.COMM_WORLD`) are of a subclass whose Abort first
+  gives descriptors 1 and 2 back and says which rank called it, then aborts. Duplicates
+  (`Dup`) keep the subclass; communicators made by `Split` or `Create` do not.
+- `MPI.Finalize()` in a command would end MPI under the framework: that server could
+  never answer again. It raises at once with what to do instead; the framework's own
+  finalization (mpi4py's, at exit) does not go through the module attribute.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable, NoReturn
+
+from mpi4py import MPI
+
+from .jupyter import guard, link
+
+_REAL_WORLD = MPI.COMM_WORLD
+# Called before an abort, to give the captured descriptors back (server.py adds one).
+before_abort: list[Callable[[], None]] = []
+
+
+class UserComm(MPI.Intracomm):
+    """An intracommunicator for user code, the same MPI handle: only Abort differs."""
+
+    def Abort(self, errorcode: int = 0) -> NoReturn:  # noqa: N802 - mpi4py's name
+        announce_abort(int(errorcode), f"Abort({errorcode}) on {self.Get_name()}")
+        _REAL_WORLD.Abort(errorcode)
+        raise SystemExit(errorcode)  # not reached: MPI_Abort does not return
+
+
+def announce_abort(errorcode: int, what: str) -> None:
+    """Give the output descriptors back, then say which rank aborts on the job's stderr:
+    a line the supervisor reads when the job is supervised, plain words otherwise."""
+    for hook in before_abort:
+        try:
+            hook()
+        except Exception:  # the abort must happen whatever a hook does
+            pass
+    rank = _REAL_WORLD.Get_rank()
+    if link.ENV in os.environ:  # the guard's line, which the supervisor reads
+        entry = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
+                 "code": errorcode, "abort": what}
+        line = guard.MARK + json.dumps(entry)
+    else:
+        line = f"mpi-kernel: rank {rank} on {socket.gethostname()} called MPI_Abort: {what}"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(2, (line + "\n").encode())
+
+
+def _refuse_finalize() -> NoReturn:
+    raise RuntimeError("MPI.Finalize() would end MPI under mpi-kernel: this rank could no longer "
+                       "take commands. The kernel finalizes MPI itself when it shuts down; leave "
+                       "the call out (restart the kernel to end the job).")
+
+
+def install(world: Any) -> UserComm:
+    """Make `MPI.COMM_WORLD` a UserComm and `MPI.Finalize` refuse; return the world for users."""
+    user_world = UserComm(world)
+    MPI.COMM_WORLD = user_world
+    MPI.Finalize = _refuse_finalize
+    return user_world
