@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import linecache
 import os
 import sys
 from types import CodeType, TracebackType
 from typing import Any, Callable
+
+from .bounded import BoundedCache, SourceKeeper
 
 Publish = Callable[[dict, dict, dict | None, bool], None]  # (data, metadata, transient, update)
 _BACKEND = "module://matplotlib_inline.backend_inline"
@@ -51,11 +52,12 @@ def _refuse_exit() -> None:
 class CellRunner:
     """Runs cell source like IPython does and formats results and errors."""
 
-    def __init__(self, namespace: dict, publish: Publish) -> None:
+    def __init__(self, namespace: dict, publish: Publish, sources: SourceKeeper) -> None:
         self.namespace = namespace
         self._publish = publish
         self._shell: Any = None
-        self._cache: dict[str, tuple[CodeType, CodeType | None]] = {}
+        self._sources = sources
+        self._cache = BoundedCache(256, 16 << 20)  # source -> (body, last expression)
 
     @property
     def shell(self) -> Any:
@@ -77,17 +79,15 @@ class CellRunner:
         if codes is None:
             filename = cell_filename(source)
             # Kept like IPython's cells, so tracebacks and stack dumps show the right lines
-            # even for functions a cell defined long ago (mtime None: linecache keeps it).
-            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            # even for functions a cell defined long ago (within the keeper's byte budget).
+            self._sources.keep(filename, source)
             # IPython syntax (%magics, !shell) as in any cell; line numbers are kept.
             tree = ast.parse(self.shell.transform_cell(source), filename)
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
                 last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
             codes = (compile(tree, filename, "exec"), last)
-            if len(self._cache) > 256:
-                self._cache.clear()
-            self._cache[source] = codes
+            self._cache.put(source, codes, len(source))
         return codes
 
     def run(self, body: CodeType, last: CodeType | None) -> Any:

@@ -25,10 +25,13 @@ from . import environment, logs, memory, protocol, stuck, transport, usercomm
 from .monitor import MonitorServer, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
+from .bounded import BoundedCache, SourceKeeper
 from .rich import CellRunner, source_hash
 
 log = logging.getLogger("mpi_kernel.server")
-_compile_cache: dict[tuple[str, str], Any] = {}
+# Compiled commands, and the sources kept for tracebacks: bounded by bytes as well as
+# entries, so distinct big commands do not pile up on the servers.
+CODE_CACHE = (1024, 16 << 20)
 
 
 def _user_frames(exc: BaseException) -> TracebackType | None:
@@ -84,7 +87,9 @@ class MPICommandServer:
         self.fd_capture: FdCapture | None = None  # started by configure()
         self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
                          protocol.PULL: self._pull, protocol.CELL: self._run_cell}
-        self.cells = CellRunner(self.namespace, self._send_display)
+        self.sources = SourceKeeper()
+        self._codes = BoundedCache(*CODE_CACHE)
+        self.cells = CellRunner(self.namespace, self._send_display, self.sources)
         self.monitor = MonitorServer(self, self.capture.flush_if_old)
 
     # -- messages to the client ----------------------------------------------------------
@@ -232,12 +237,10 @@ class MPICommandServer:
         return (request_id, ret, ok, tb, start, time.time(), stdout, stderr)  # protocol.make_reply
 
     def _execute(self, command: str, mode: str) -> Any:
-        code = _compile_cache.get((command, mode))
+        code = self._codes.get((command, mode))
         if code is None:
             code = compile(command, self._source_name(command), mode)
-            if len(_compile_cache) > 1024:
-                _compile_cache.clear()
-            _compile_cache[(command, mode)] = code
+            self._codes.put((command, mode), code, len(command))
         self._armed = True
         try:
             return eval(code, self.namespace)
@@ -264,7 +267,7 @@ class MPICommandServer:
         if "def " not in command and "class " not in command and "lambda" not in command:
             return self._filename
         name = f"<server {self.env.rank} command-{source_hash(command)}>"
-        linecache.cache[name] = (len(command), None, command.splitlines(True), name)
+        self.sources.keep(name, command)
         return name
 
     def _show_source(self, command: str) -> None:
