@@ -98,6 +98,7 @@ class MPICommandClient(Configurable):
         self._next_tick = 0.0
         self._hello: set[int] = set()
         self._stopped: set[int] = set()
+        self._unconfirmed: list[int] = []  # servers that did not confirm the stop
         self._service: threading.Thread | None = None
         self._halt = threading.Event()
         self._waiters = 0  # threads inside _wait_until, pumping themselves
@@ -145,14 +146,15 @@ class MPICommandClient(Configurable):
         log.info("all services started on servers %s", protocol.format_ranks(self._servers))
 
     def stop_services(self) -> list[int]:
-        """Stop the servers (they exit) and the client's services. Safe to call twice.
+        """Stop the servers (they exit) and the client's services. Safe to call twice (the
+        second call returns what the first did).
 
         Returns the servers that did not confirm the stop within `stop_timeout`: those are
         stuck (in C, or in a collective), and the job can only end by MPI_Abort.
         """
         with self._lock:
-            if self._state == "stopped":
-                return []
+            if self._state == "stopped":  # the caller that ends the job must still hear of them
+                return list(self._unconfirmed)
             pending = [i for i, r in self._requests.items()
                        if i not in self._responses and "forgotten" not in r]
             if pending:
@@ -165,11 +167,12 @@ class MPICommandClient(Configurable):
         self._halt.set()
         if self._service is not None and self._service is not threading.current_thread():
             self._service.join(timeout=2)
+        self._unconfirmed = sorted(missing)
         if missing:
             log.error("servers %s did not confirm the stop within %g s",
-                      protocol.format_ranks(sorted(missing)), self.stop_timeout)
+                      protocol.format_ranks(self._unconfirmed), self.stop_timeout)
         log.info("all services stopped")
-        return sorted(missing)
+        return list(self._unconfirmed)
 
     def _at_exit(self) -> None:
         if self._state == "running":

@@ -161,3 +161,17 @@ def test_an_abort_on_a_server_names_its_rank_and_ends_the_job(tmp_path):
     assert proc.returncode != 0 and "not reached" not in proc.stdout
     assert "mpi-kernel: rank 1 on " in proc.stderr and "called MPI_Abort: Abort(5) on comm (the servers)" \
         in proc.stderr, proc.stderr
+
+
+def test_a_server_holding_the_gil_at_the_end_of_a_script_does_not_hang_the_job(tmp_path):
+    import time
+    t0 = time.monotonic()
+    proc = run_job(tmp_path, """
+        c = MPICommandClient(stop_timeout=1); c.start_services()
+        c.push_command_request("x = 7 ** (10**9)", False, 0)   # minutes, holding the GIL
+        time.sleep(0.3)
+        print("script done", flush=True)
+    """, timeout=60)
+    assert "script done" in proc.stdout and proc.returncode != 0  # aborted: not a clean end
+    assert "servers 0 did not confirm the stop within 1 s" in proc.stderr
+    assert time.monotonic() - t0 < 15
