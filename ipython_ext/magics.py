@@ -259,21 +259,24 @@ class MPIMagics(Magics):
                           *(line for line, _ in advice), "Work sent to them waits until they are free."])
 
     def _drain(self, ids: list[int], live: bool) -> None:
-        """Show the output events of `ids`, and output written on a server between commands
-        (a thread a cell started); keep displays of other requests for later.
+        """Show the output events of `ids`, output written on a server between commands
+        (a thread a cell started) and late output of cells that have ended (a server that
+        timed out, then recovered); keep what --noblock cells write for %pxresult.
 
         Each batch (what arrived since the last look, 0.1 s at most) is shown in rank
         order, keeping each rank's own order: a quick cell's output then reads the same
         every time, whichever server answered first.
         """
         batch = []
+        background = {i for pending, _ in self.pending.values() for i in pending}
         while self.events:
             event = self.events.popleft()
             kind, server, request_id, *rest = event
-            if request_id in ids or (request_id is None and kind == "stream"):
-                batch.append(event)
-            elif kind == "display" and request_id is not None:
-                self.deferred.setdefault(request_id, []).append((server, *rest))
+            if request_id in background and request_id not in ids:
+                if kind == "display":  # %pxresult shows streams from the responses
+                    self.deferred.setdefault(request_id, []).append((server, *rest))
+                continue
+            batch.append(event)
         shown = False
         for kind, server, _, *rest in sorted(batch, key=lambda event: event[1]):
             if kind == "stream":
@@ -288,7 +291,7 @@ class MPIMagics(Magics):
     def _finish(self, ids: list[int], group: str, out: str | None, note: str = "") -> None:
         """Show results (and grouped output); store --out; raise if any rank failed
         (or, with `note`, if some never answered)."""
-        responses = self.client.get_command_response(ids, False, False)
+        responses = [_for_the_cell(r) for r in self.client.get_command_response(ids, False, False)]
         for request_id in ids:
             for server, data, metadata, *_ in self.deferred.pop(request_id, []):
                 show.show_display(server, data, metadata)
@@ -437,6 +440,17 @@ def _reported() -> Iterator[None]:
         raise show.RemoteError(exc.responses) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _for_the_cell(response: dict) -> dict:
+    """A synthetic timeout response, worded for a cell: the cell ends, and then its records go."""
+    if response["status"] != "timeout":
+        return response
+    text = (f"ServerTimeout: server {response['server']} did not answer the monitor in time: its "
+            f"code holds the GIL (a C extension, a huge integer power), or the rank is gone. This "
+            f"cell ends here. If the server recovers, what it prints from then on shows in a later "
+            f"%%px cell, its result is dropped, and cells sent to it run once it is free.\n")
+    return {**response, "traceback": text}
 
 
 def status_table(status: dict[int, dict]) -> str:

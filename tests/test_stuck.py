@@ -178,3 +178,23 @@ def test_finalize_on_a_server_is_refused_and_the_server_keeps_serving(kernel):
     assert status == "error" and "MPI.Finalize() would end MPI under mpi-kernel" in error_text(out)
     status, out = run(kc, "%%px\nfrom mpi4py import MPI\nMPI.Is_finalized(), comm.allreduce(1)")
     assert status == "ok" and text_of(out).count("(False, 3)") == 3
+
+
+def test_a_server_in_timeout_ends_the_cell_and_its_late_output_shows_later(kernel):
+    km, kc = kernel
+    run(kc, "from mpi_kernel import MPICommandClient\n"
+            "MPICommandClient().ping_interval, MPICommandClient().server_timeout = 0.2, 1.0")
+    try:
+        status, out = run(kc, "%%px --targets 0\nprint('start', flush=True)\nx = 7 ** (6 * 10**6)\n"
+                              "print('late')", timeout=60)
+        text = error_text(out)
+        assert status == "error" and "ServerTimeout: server 0 did not answer the monitor in time" in text
+        assert "shows in a later %%px cell" in text and "[stdout:0] start" in text_of(out)
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "late" not in seen and time.monotonic() < deadline:
+            status, out = run(kc, "%%px --targets 1\nimport time\ntime.sleep(0.5)")
+            seen += text_of(out)
+        assert "[stdout:0] late" in seen
+    finally:
+        run(kc, "MPICommandClient().ping_interval, MPICommandClient().server_timeout = 1.0, 30.0")
