@@ -15,3 +15,17 @@ def test_benchmarks_quick_run_writes_results(tmp_path):
         assert row["ours"] >= 0 if row["unit"].startswith("%") else row["ours"] > 0, row
     assert (tmp_path / "quick.png").stat().st_size > 1000
     assert "| eval round trip, 1 server |" in proc.stdout
+
+
+def test_fault_matrix_quick_run(tmp_path):
+    """The fault-matrix record still runs; every case leaves a usable kernel and no processes."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "faults-quick.json").read_text())
+    assert [r["case"] for r in results["rows"]] == ["syntax error", "Ctrl-C of while True",
+                                                    "Barrier one server never reaches, Stop",
+                                                    "server killed (SIGKILL)"]
+    assert all(r["status"] == "error" and r["extra_processes"] == 0 for r in results["rows"]), results["rows"]
+    assert "waits in the collective `comm.Barrier()`" in results["rows"][2]["saw"]
+    assert results["left_after_shutdown"] == 0

@@ -130,3 +130,10 @@ def test_single_host_jobs_are_told_to_listen_on_loopback_only():
     assert env == {"A": "b", "UCX_NET_DEVICES": "lo"}
     assert "UCX_NET_DEVICES" not in job_environment(["mpiexec", "-n", "2"], {"MPI_KERNEL_LOOPBACK_ONLY": "0"})
     assert job_environment(["mpiexec"], {"UCX_NET_DEVICES": "eth0"})["UCX_NET_DEVICES"] == "eth0"
+
+
+def test_a_rank_that_said_it_aborts_is_the_cause():
+    ended = [{"rank": 0, "host": "h", "pid": 5, "signal": 9},            # killed by the teardown
+             {"rank": 2, "host": "h", "pid": 7, "code": 7, "abort": "Abort(7) on MPI_COMM_WORLD"}]
+    assert deaths.summary(ended, 7, 3).startswith(
+        "server rank 2 on h (pid 7) called MPI_Abort with errorcode 7 (Abort(7) on MPI_COMM_WORLD); then rank 0")

@@ -1,0 +1,214 @@
+"""`python -m benchmarks.faults [--quick]`: the fault matrix, kept as a record.
+
+Drives a real 4-rank kernel (through jupyter_client, as a notebook would) through the
+failures a notebook user meets: bad input, interrupts, stuck ranks, user code that ends
+MPI, dead ranks. For each case it prints what the user saw (the error's first line), the
+time until the kernel was usable again (a `%%px` cell answered by every server, after
+the case's recovery step: the advice the cell gave), and how many processes were left
+beyond the job's own. Writes benchmarks/results/faults.{json,md}. Like the benchmarks
+it asserts nothing; tests check the behaviour. `--quick` runs a few cheap cases.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
+
+HERE = Path(__file__).resolve().parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    code: str
+    stop_after: float | None = None   # press Stop this many seconds after sending the cell
+    recover: str | None = None        # the cell the error advised, run before the check
+    quick: bool = False
+
+
+CASES = [
+    Case("syntax error", "%%px\n1 +", quick=True),
+    Case("exception on every rank", "%%px\n1/0"),
+    Case("wrong target rank", "%%px --targets 9\n1"),
+    Case("unbalanced quote in options", "%%px --targets '0\n1"),
+    Case("unpicklable push", "g = (i for i in range(3))\n%mpi_push g"),
+    Case("Ctrl-C of while True", "%%px\nwhile True: pass", stop_after=1.0, quick=True),
+    Case("Barrier one server never reaches, Stop", "%%px --targets 0\ncomm.Barrier()", stop_after=1.0,
+         recover="%%px --targets 1,2\ncomm.Barrier()", quick=True),
+    Case("numpy eig in C, Stop", "%%px --targets 0\nimport numpy as np\n"
+         "w = np.linalg.eig(np.random.rand(2000, 2000))", stop_after=1.0),
+    Case("GIL held (huge power), --timeout 1", "%%px --targets 1 --timeout 1\nx = 7 ** (10**7)"),
+    Case("COMM_WORLD collective, --timeout 6", "%%px --timeout 6\nfrom mpi4py import MPI\n"
+         "MPI.COMM_WORLD.Barrier()", recover="from mpi4py import MPI\nMPI.COMM_WORLD.Barrier()"),
+    Case("MPI.Finalize() on a server", "%%px --targets 0\nfrom mpi4py import MPI\nMPI.Finalize()"),
+    Case("exit() in %%px", "%%px --targets 0\nexit()"),
+    Case("--local, only the client fails", "%%px --local\nfrom mpi4py import MPI\n"
+         "assert MPI.COMM_WORLD.Get_rank() != 3"),
+    Case("input() on servers", "%%px\ninput()"),
+    Case("server killed (SIGKILL)", "%%px --targets 1\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+         quick=True),
+    Case("server segfault", "%%px --targets 1\nimport ctypes\nctypes.string_at(0)"),
+    Case("server os._exit(3)", "%%px --targets 1\nimport os\nos._exit(3)"),
+    Case("comm.Abort(7) on a server", "%%px --targets 2\ncomm.Abort(7)"),
+]
+
+
+def run_cell(kc: Any, code: str, stop: tuple[Any, float] | None = None, timeout: float = 120) -> dict:
+    """Execute `code`; {status, saw: the first line of what went wrong}."""
+    errors: list[str] = []
+    msg_id = kc.execute(code)
+    if stop is not None:
+        km, after = stop
+        time.sleep(after)
+        km.interrupt_kernel()
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(1.0, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        content = msg["content"]
+        if msg["msg_type"] == "error":
+            errors.append(_gist(content))
+        elif msg["msg_type"] == "stream" and content["name"] == "stderr" and "Error" in content["text"]:
+            errors.append(content["text"])
+        elif msg["msg_type"] == "status" and content["execution_state"] == "idle":
+            break
+    reply = kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:  # a late reply to an earlier request
+        reply = kc.get_shell_msg(timeout=30)
+    saw = ANSI.sub("", errors[-1]).strip().splitlines()[0] if errors else "(no error)"
+    return {"status": reply["content"]["status"], "saw": saw if len(saw) <= 200 else saw[:199] + "…"}
+
+
+def _gist(error: dict) -> str:
+    """The error's name and first line, and the line that explains it: a stuck rank's
+    diagnosis, or the exception message at the end of a remote traceback."""
+    evalue = ANSI.sub("", error["evalue"])
+    lines = [line.strip() for line in ANSI.sub("", "\n".join(error.get("traceback", []))).splitlines()]
+    diagnosis = [line for line in evalue.splitlines()
+                 if re.match(r"Ranks? \S+ (waits?|is in C|are in C|did not answer)", line)]
+    messages = [line for line in lines if re.match(r"\w+(Error|Exit|Exception): \S", line)]
+    extra = diagnosis[0] if diagnosis else messages[-1] if messages else ""
+    first = f"{error['ename']}: {evalue.splitlines()[0] if evalue else ''}"
+    return first + (f" / {extra}" if extra and extra not in first else "")
+
+
+def usable(kc: Any, timeout: float = 180) -> bool:
+    """True once a %%px cell is answered by every server (it waits for a restarted job)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = run_cell(kc, "%%px\nprint('usable')", timeout=max(5.0, deadline - time.monotonic()))
+        except Exception:  # the queue timed out: try again
+            continue
+        if result["status"] == "ok":
+            return True
+    return False
+
+
+def job_processes(km: Any) -> list[int]:
+    """The supervisor's descendants: launcher, proxies, guards, ranks."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.split("\n"):
+        if line.strip():
+            pid, ppid = map(int, line.split())
+            children.setdefault(ppid, []).append(pid)
+    found, todo = [], [km.provisioner.process.pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def running(pids: list[int]) -> list[int]:
+    """The processes among `pids` that still run (zombies do not)."""
+    left = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                left.append(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return left
+
+
+def run_case(km: Any, kc: Any, case: Case, steady: int) -> dict:
+    t0 = time.monotonic()
+    result = run_cell(kc, case.code, (km, case.stop_after) if case.stop_after is not None else None)
+    if case.recover:
+        run_cell(kc, case.recover)
+    ok = usable(kc)
+    recovered = time.monotonic() - t0
+    time.sleep(0.5)  # launchers tear a dead job down in 0.1-0.4 s
+    left = len(job_processes(km)) - steady
+    return {"case": case.name, "status": result["status"], "saw": result["saw"],
+            "usable_after_s": round(recovered, 2) if ok else None, "extra_processes": left}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few cheap cases (CI)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    cases = [c for c in CASES if c.quick or not args.quick]
+    prefix = Path(tempfile.mkdtemp(prefix="mpi-kernel-faults-"))
+    install_for_session(prefix, "mpi-faults", 4)
+    km, kc = start_ready_kernel("mpi-faults", timeout=120)
+    rows = []
+    try:
+        usable(kc)
+        steady = len(job_processes(km))
+        for case in cases:
+            rows.append(run_case(km, kc, case, steady))
+            print(json.dumps(rows[-1]), flush=True)
+        # The worst case for shutdown: a server holding the GIL cannot confirm the stop.
+        run_cell(kc, "%%px --noblock --targets 0\nx = 7 ** (10**9)")
+    finally:
+        kc.stop_channels()
+        supervisor = km.provisioner.process.pid
+        processes = job_processes(km)
+        t0 = time.monotonic()
+        km.shutdown_kernel(now=False)
+        deadline = time.monotonic() + 10
+        while (alive := running([supervisor, *processes])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutdown = time.monotonic() - t0
+    results = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick, "rows": rows,
+               "shutdown_s": round(shutdown, 2), "left_after_shutdown": len(alive)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "faults-quick" if args.quick else "faults"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(results)
+    (args.out / f"{stem}.md").write_text(table)
+    print(table)
+    return 1 if alive or any(r["usable_after_s"] is None for r in rows) else 0
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Fault matrix, {results['date']} (4 ranks, `python -m benchmarks.faults`)", "",
+             "| case | the cell | what the user saw | usable again after | processes left |",
+             "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        saw = r["saw"].replace("|", "\\|")
+        after = f"{r['usable_after_s']:.1f} s" if r["usable_after_s"] is not None else "never"
+        lines.append(f"| {r['case']} | {r['status']} | {saw} | {after} | {r['extra_processes']} |")
+    lines += ["", f"Shutdown while a server held the GIL: every process was gone after "
+                  f"{results['shutdown_s']:.1f} s (stop_timeout 1 s, then MPI_Abort); "
+                  f"{results['left_after_shutdown']} left after 10 s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
