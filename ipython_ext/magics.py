@@ -18,10 +18,9 @@ from traitlets import Float
 
 from mpi_kernel.client import MPICommandClient, ServerError
 from mpi_kernel.protocol import format_ranks
-
-from . import display as show
 from mpi_kernel.stuck import explain
 
+from . import display as show
 from .monitor import MonitorUpdater, show_monitor
 from .targets import parse_targets
 
@@ -129,16 +128,18 @@ class MPIMagics(Magics):
             self._finish(ids, args.group_outputs, args.out)
         except show.RemoteError as exc:
             if not local_ok:
-                exc.note = "\n".join(filter(None, [exc.note, f"The client's part (rank "
-                                                   f"{len(self.client.servers())}) failed too: its "
-                                                   f"traceback is above."]))
+                exc.note = "\n".join(filter(None, [exc.note, f"The client's part (rank {self._client_rank}) "
+                                                             f"failed too: its traceback is above."]))
             raise
         finally:
             self.client.forget(ids)
         if not local_ok:  # only the client's part failed: the cell fails all the same
-            raise show.PxError(f"%%px --local: the cell failed on the client (rank "
-                               f"{len(self.client.servers())}); its traceback is above. It succeeded "
-                               f"on the servers.")
+            raise show.PxError(f"%%px --local: the cell failed on the client (rank {self._client_rank}); "
+                               f"its traceback is above. It succeeded on the servers.")
+
+    @property
+    def _client_rank(self) -> int:
+        return len(self.client.servers())
 
     def _say_busy(self, ids: list[int]) -> None:
         """Say at once when the cell must wait for servers busy with earlier work for a while
@@ -210,7 +211,7 @@ class MPIMagics(Magics):
         stacks = self.client.stacks(sorted({r for r, s in status.items() if s["busy"]} | set(stuck)))
         reports = {r: None if v is None else v["doing"] for r, v in stacks.items()}
         still = [r for r in stuck if stacks.get(r) is None or stacks[r]["doing"] is not None]
-        return explain(still, reports, idle, len(status), local), stacks
+        return explain(still, reports, idle, self._client_rank, local), stacks
 
     def _expire(self, ids: list[int], timeout: float, local: bool) -> None:
         cancelled = self.client.cancel_queued(ids)  # not started: they never will
@@ -238,9 +239,7 @@ class MPIMagics(Magics):
                          + (f" ...\n{stack}" if stack else ""))
         still = self._waiting(ids)
         if still:
-            lines.append(f"{show.ranks_word(still).capitalize()} did not stop after the interrupt:")
-            lines.extend(line for line, _ in advice)
-            lines.append("Work sent to them waits until they are free.")
+            lines.extend(_not_stopped(still, advice))
         elif waiting:
             lines.append("The servers were interrupted.")
         # The interrupted ranks' KeyboardInterrupts are what the summary describes: other
@@ -254,9 +253,7 @@ class MPIMagics(Magics):
         stuck = self._waiting(ids)
         if not stuck:
             return ""
-        advice, _ = self._diagnosis(stuck, local)
-        return "\n".join([f"{show.ranks_word(stuck).capitalize()} did not stop after the interrupt:",
-                          *(line for line, _ in advice), "Work sent to them waits until they are free."])
+        return "\n".join(_not_stopped(stuck, self._diagnosis(stuck, local)[0]))
 
     def _drain(self, ids: list[int], live: bool) -> None:
         """Show the output events of `ids`, output written on a server between commands
@@ -440,6 +437,11 @@ def _reported() -> Iterator[None]:
         raise show.RemoteError(exc.responses) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _not_stopped(ranks: list[int], advice: list[tuple[str, bool]]) -> list[str]:
+    return [f"{show.ranks_word(ranks).capitalize()} did not stop after the interrupt:",
+            *(line for line, _ in advice), "Work sent to them waits until they are free."]
 
 
 def _for_the_cell(response: dict) -> dict:

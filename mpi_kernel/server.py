@@ -115,11 +115,15 @@ class MPICommandServer:
         frames = traceback.extract_stack(frame)
         starts = [i for i, f in enumerate(frames)
                   if f.filename.startswith((self._filename[:-1], "<px-cell-"))]
-        if self._world_group is None:
-            self._world_group = self.env.world.Get_group()
+        try:
+            if self._world_group is None:
+                self._world_group = self.env.world.Get_group()
+            doing = stuck.describe(frame, self._world_group, transport.MPI)
+        except Exception:  # the stack itself is still worth sending
+            log.exception("could not tell what the main thread is doing")
+            doing = {"kind": "unknown", "call": "", "where": ""}
         return {"stack": "".join(traceback.format_list(frames[starts[0]:] if starts else frames)),
-                "doing": stuck.describe(frame, self._world_group, transport.MPI),
-                "command_id": self._current[0]}
+                "doing": doing, "command_id": self._current[0]}
 
     def status(self) -> dict[str, Any]:
         current = self._current

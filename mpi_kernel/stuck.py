@@ -199,6 +199,9 @@ def _advice(ranks: list[int], report: dict | None, reports: dict[int, dict | Non
         return (f"{who} {'are' if len(ranks) > 1 else 'is'} in C code ({call}): it returns by itself "
                 f"when done, and the interrupt takes effect then. Wait, or restart the kernel if it "
                 f"never returns.", False)
+    if report["kind"] == "unknown":
+        return (f"{who} did not stop ({call}); interrupt again, or restart the kernel if it never "
+                f"returns.", False)
     if report["kind"] == "python":
         return (f"{who} {'are' if len(ranks) > 1 else 'is'} running Python code ({call}) that did not "
                 f"stop: it may catch KeyboardInterrupt. Interrupt again, or restart the kernel.", False)
