@@ -23,10 +23,11 @@ WORLD = MPI.COMM_WORLD
 ME = WORLD.Get_rank()
 TAG = 77
 
+# On the servers MPI.COMM_WORLD is their own world; the raw baselines talk to the client.
 SERVER_ECHO = """
 import os
-from mpi4py import MPI
-W = MPI.COMM_WORLD
+from mpi_kernel import job_world
+W = job_world()
 for _ in range(n):
     if polite:  # 4 spinning ranks on 2 cores starve each other: yield, as mpi-kernel does
         while not W.Iprobe(source=client, tag=77):
@@ -35,8 +36,8 @@ for _ in range(n):
 """
 SERVER_RECV = """
 import numpy as np
-from mpi4py import MPI
-W = MPI.COMM_WORLD
+from mpi_kernel import job_world
+W = job_world()
 for _ in range(n):
     buf = np.empty(nbytes, dtype=np.uint8)   # a fresh buffer, as a user's receive would be
     W.Recv(buf, source=client, tag=77)

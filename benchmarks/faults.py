@@ -33,6 +33,7 @@ class Case:
     code: str
     stop_after: float | None = None   # press Stop this many seconds after sending the cell
     recover: str | None = None        # the cell the error advised, run before the check
+    setup: str | None = None          # a cell run first, outside the case
     quick: bool = False
 
 
@@ -48,8 +49,8 @@ CASES = [
     Case("numpy eig in C, Stop", "%%px --targets 0\nimport numpy as np\n"
          "w = np.linalg.eig(np.random.rand(2000, 2000))", stop_after=1.0),
     Case("GIL held (huge power), --timeout 1", "%%px --targets 1 --timeout 1\nx = 7 ** (10**7)"),
-    Case("COMM_WORLD collective, --timeout 6", "%%px --timeout 6\nfrom mpi4py import MPI\n"
-         "MPI.COMM_WORLD.Barrier()", recover="from mpi4py import MPI\nMPI.COMM_WORLD.Barrier()"),
+    Case("a --local cell's world in a plain cell, --timeout 6", "%%px --timeout 6\nw.Barrier()",
+         setup="%%px --local\nfrom mpi4py import MPI\nw = MPI.COMM_WORLD", recover="w.Barrier()"),
     Case("MPI.Finalize() on a server", "%%px --targets 0\nfrom mpi4py import MPI\nMPI.Finalize()"),
     Case("exit() in %%px", "%%px --targets 0\nexit()"),
     Case("--local, only the client fails", "%%px --local\nfrom mpi4py import MPI\n"
@@ -145,6 +146,8 @@ def running(pids: list[int]) -> list[int]:
 
 
 def run_case(km: Any, kc: Any, case: Case, steady: int) -> dict:
+    if case.setup:
+        run_cell(kc, case.setup)
     t0 = time.monotonic()
     result = run_cell(kc, case.code, (km, case.stop_after) if case.stop_after is not None else None)
     if case.recover:

@@ -114,7 +114,7 @@ class MPIMagics(Magics):
             for rank in targets:
                 if self.client.get_server_status(rank)["state"] == "timeout":
                     raise UsageError(f"server {rank} is in timeout; choose other --targets")
-        ids = self.client.execute_cell(source, targets, want_value=args.out is not None)
+        ids = self.client.execute_cell(source, targets, want_value=args.out is not None, local=args.local)
         self._say_busy(ids)
         if args.noblock:
             name = args.out or "_"

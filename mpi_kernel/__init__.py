@@ -8,7 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["MPICommandClient", "MPICommandServer", "ServerError", "__version__"]
+__all__ = ["MPICommandClient", "MPICommandServer", "ServerError", "job_world", "__version__"]
+
+
+def job_world() -> Any:
+    """The whole job's world, the client included: what `MPI.COMM_WORLD` is on the client
+    and in `%%px --local` cells. (In plain cells and commands on the servers,
+    `MPI.COMM_WORLD` is the servers' own world, as under `mpiexec -n N-1`.)"""
+    from . import environment, usercomm
+    environment.current()  # a clear error if the job was not started by python -m mpi_kernel
+    assert usercomm.worlds is not None
+    return usercomm.worlds.job
 
 
 def __getattr__(name: str) -> Any:

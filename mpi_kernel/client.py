@@ -253,18 +253,21 @@ class MPICommandClient(Configurable):
             status["state"] = protocol.BUSY if request is not None else protocol.IDLE
         return status
 
-    def execute_cell(self, source: str, targets: Any = None, want_value: bool = False) -> list[int]:
+    def execute_cell(self, source: str, targets: Any = None, want_value: bool = False,
+                     local: bool = False) -> list[int]:
         """Queue an IPython-style cell (the %%px magic's request); return the request ids.
 
         Its response's `ret` is None or {"data": mime bundle, "metadata": ..., "value": ...}
         for the last expression (value only with want_value); errors have IPython-style
         tracebacks. `targets` as in push_command_request (None: the first idle server).
+        With `local` (a %%px --local cell, which the client runs too) MPI.COMM_WORLD is the
+        whole job's world on the servers; else it is the servers' own.
         """
         if not isinstance(source, str):
             raise TypeError(f"cell source must be a str, not {type(source).__name__}")
         with transport.DeferredSigint():
-            return self._submit(protocol.CELL, source, protocol.CELL, None, {"value": want_value},
-                                targets)
+            return self._submit(protocol.CELL, source, protocol.CELL, None,
+                                {"value": want_value, "local": local}, targets)
 
     def wait(self, ids: Iterable[int], timeout: float | None = None) -> bool:
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""

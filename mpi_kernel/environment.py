@@ -108,14 +108,14 @@ def launch() -> MPIEnvironment:
     framework.Set_name("mpi_kernel.framework")
     servers = world.Split(MPI.UNDEFINED if rank == size - 1 else 0, rank)
     if servers != MPI.COMM_NULL:
-        servers.Set_name("comm (the servers)")
+        servers.Set_name("the servers' world")
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_size = node.Get_size()
     node.Free()
     _current = MPIEnvironment(world, framework, servers, rank, size, socket.gethostname(), library,
                               local_size)
     from . import usercomm
-    usercomm.install(world)  # after the framework took the real COMM_WORLD
+    usercomm.install(world, servers)  # after the framework took the real COMM_WORLD
     return _current
 
 

@@ -73,9 +73,11 @@ class MPICommandServer:
     def _setup(self, env: environment.MPIEnvironment) -> None:
         self.env = env
         self._filename = f"<server {env.rank}>"
+        self.worlds = usercomm.worlds
+        # `__name__` is "__main__", so a pasted program's `if __name__ == "__main__":` runs.
         self.namespace: dict[str, Any] = {
-            "__name__": "__mpi_server__", "__builtins__": __builtins__,
-            "comm": usercomm.UserComm(env.servers), "rank": env.rank, "size": env.servers.Get_size(),
+            "__name__": "__main__", "__builtins__": __builtins__,
+            "comm": self.worlds.servers, "rank": env.rank, "size": env.servers.Get_size(),
             "MPI": transport.MPI,
         }
         self._current: tuple[int, str, float] | None = None  # (id, command, start time)
@@ -226,7 +228,8 @@ class MPICommandServer:
         self.capture.begin(request_id)
         ret, ok, tb = None, True, None
         try:
-            ret = self._execute(command, mode) if cell is None else self._execute_cell(command, cell)
+            with self.worlds.world(bool(cell and cell.get("local"))):
+                ret = self._execute(command, mode) if cell is None else self._execute_cell(command, cell)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
             ok, tb = False, self._format_traceback(exc, command, cell is not None)
         finally:

@@ -1,5 +1,13 @@
-"""What user code on a rank gets from mpi4py: communicators whose Abort is reported, and
-an MPI.Finalize that refuses.
+"""What user code on a rank gets from mpi4py: its world, communicators whose Abort is
+reported, and an MPI.Finalize that refuses.
+
+- **The world.** On a server, `MPI.COMM_WORLD` is the servers' world (ranks 0..N-2, the
+  same communicator as `comm`), exactly as if the code were a program run with
+  `mpiexec -n N-1`: the client never joins a plain cell's collectives, so the real world
+  would hang them. In a `%%px --local` cell, which the client runs too, it is the whole
+  job. `world(local)` switches it around each request. Code that takes `MPI.COMM_WORLD`
+  when it runs (h5py's mpio driver, mpi4py-fft, `mpi4py.util.pkl5`) gets the same
+  world; a communicator kept from a --local cell is still the whole job's.
 
 - `Abort` ends every rank, and the launcher's teardown follows at once. The message the MPI
   library prints would go into the server's output capture (a pipe that nobody reads
@@ -13,11 +21,12 @@ an MPI.Finalize that refuses.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from mpi4py import MPI
 
@@ -63,9 +72,32 @@ def _refuse_finalize() -> NoReturn:
                        "the call out (restart the kernel to end the job).")
 
 
-def install(world: Any) -> UserComm:
-    """Make `MPI.COMM_WORLD` a UserComm and `MPI.Finalize` refuse; return the world for users."""
-    user_world = UserComm(world)
-    MPI.COMM_WORLD = user_world
+class Worlds:
+    """The two worlds user code can see on this rank, and the one it sees now."""
+
+    def __init__(self, world: Any, servers: Any) -> None:
+        self.job = UserComm(world)
+        # On the client there is no servers' world: it runs only cells it takes part in.
+        self.servers = UserComm(servers) if servers != MPI.COMM_NULL else None
+        self.plain = self.servers or self.job
+
+    @contextlib.contextmanager
+    def world(self, local: bool) -> Iterator[None]:
+        """MPI.COMM_WORLD for one request: the whole job in a --local cell, else the plain one."""
+        MPI.COMM_WORLD = self.job if local else self.plain
+        try:
+            yield
+        finally:
+            MPI.COMM_WORLD = self.plain
+
+
+worlds: Worlds | None = None
+
+
+def install(world: Any, servers: Any) -> Worlds:
+    """Give user code its world (MPI.COMM_WORLD) and an `MPI.Finalize` that refuses."""
+    global worlds
+    worlds = Worlds(world, servers)
+    MPI.COMM_WORLD = worlds.plain
     MPI.Finalize = _refuse_finalize
-    return user_world
+    return worlds

@@ -34,8 +34,8 @@ def test_user_messages_on_comm_world_are_not_framework_messages(job):
         ids = c.push_command_request(
             "[MPI.COMM_WORLD.send('user', dest=1 - rank, tag=t) for t in range(10, 20)]"
             " and [MPI.COMM_WORLD.recv(source=1 - rank, tag=t) for t in range(10, 20)]", False, [0, 1])
-        # the client receives a user message on COMM_WORLD from server 2 while commands flow
-        c.push_command_request("MPI.COMM_WORLD.send('to client', dest=3, tag=13)", True, 2)
+        # the client receives a user message on the job's world from server 2 while commands flow
+        c.push_command_request("__import__('mpi_kernel').job_world().send('to client', dest=3, tag=13)", True, 2)
         got = MPI.COMM_WORLD.recv(source=2, tag=13)
         res = c.get_command_response(ids, True)
         print(json.dumps([got, [r["ret"] for r in res], c.push_command_request("1+1", True, 2)[0]["ret"]]))

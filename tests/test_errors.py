@@ -159,7 +159,7 @@ def test_an_abort_on_a_server_names_its_rank_and_ends_the_job(tmp_path):
         print("not reached")
     """, timeout=60)
     assert proc.returncode != 0 and "not reached" not in proc.stdout
-    assert "mpi-kernel: rank 1 on " in proc.stderr and "called MPI_Abort: Abort(5) on comm (the servers)" \
+    assert "mpi-kernel: rank 1 on " in proc.stderr and "called MPI_Abort: Abort(5) on the servers' world" \
         in proc.stderr, proc.stderr
 
 

@@ -263,8 +263,9 @@ def test_px_timeout_names_busy_ranks_and_shows_their_stacks(kc):
 
 
 def test_a_collective_the_client_does_not_join_is_recognised_from_the_stacks(kc):
-    """The cell's text does not say COMM_WORLD: the ranks' stacks do."""
-    run(kc, "%%px\nfrom mpi4py import MPI\nw = MPI.COMM_WORLD")
+    """An old world communicator kept from a --local cell, used in a plain cell: the cell's
+    text does not say COMM_WORLD, the ranks' stacks do."""
+    run(kc, "%%px --local\nfrom mpi4py import MPI\nw = MPI.COMM_WORLD")
     status, out = run(kc, "%%px --timeout 6.5\nw.Barrier()")
     progress = [o["data"]["text/plain"] for o in out if o["type"] == "update_display_data"]
     assert any("wait in the collective `w.Barrier()` on MPI_COMM_WORLD" in p for p in progress), progress

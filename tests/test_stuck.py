@@ -70,9 +70,9 @@ MPI_BARRIER = {"kind": "mpi", "call": "w.Barrier()", "method": "Barrier", "colle
 
 def test_explain_groups_ranks_and_names_the_missing_members():
     servers = {"kind": "mpi", "call": "comm.Barrier()", "method": "Barrier", "collective": True,
-               "comm": "comm (the servers)", "members": [0, 1, 2]}
+               "comm": "the servers' world", "members": [0, 1, 2]}
     (line, blocked), = stuck.explain([0], {0: servers}, idle=[1, 2], client_rank=3, client_joins=False)
-    assert line.startswith("Rank 0 waits in the collective `comm.Barrier()` on comm (the servers) "
+    assert line.startswith("Rank 0 waits in the collective `comm.Barrier()` on the servers' world "
                            "(3 ranks: 0-2); not in it: ranks 1-2. Run the matching call on ranks 1-2")
     assert "no restart is needed" in line and blocked
     (line, blocked), = stuck.explain([0, 1, 2], dict.fromkeys([0, 1, 2], MPI_BARRIER), [], 3, False)

@@ -73,7 +73,7 @@ def test_an_abort_on_a_server_is_reported(kernel):
     message = the_death(out)
     # The rank says so before it aborts (the launchers then kill every rank and guard at once).
     assert "server rank 2 on" in message, message
-    assert "called MPI_Abort with errorcode 7 (Abort(7) on MPI_COMM_WORLD)" in message, message
+    assert "called MPI_Abort with errorcode 7 (Abort(7) on the servers' world)" in message, message
 
 
 def test_sigkill_of_the_supervisor_ends_the_job(kernel):
