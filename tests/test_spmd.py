@@ -83,3 +83,15 @@ def test_rebinding_the_kernels_names_breaks_nothing(kc):
     assert status == "ok" and ANSI.sub("", "".join(o.get("text", "") for o in out)).count("]: 3") == 3
     status, out = run(kc, "%%px\nimport mpi4py.MPI\nmpi4py.MPI.COMM_WORLD.Get_size(), __name__")
     assert status == "ok" and ANSI.sub("", "".join(o.get("text", "") for o in out)).count("(3, '__main__')") == 3
+
+
+def test_libraries_and_derived_communicators_get_the_servers_world(kc):
+    status, out = run(kc, "%%px\nfrom mpi4py import MPI\nfrom mpi4py.util import pkl5\n"
+                          "me = MPI.COMM_WORLD.Get_rank()\n"
+                          "big = pkl5.Intracomm(MPI.COMM_WORLD).bcast(b'x' * 3_000_000 if me == 0 else None)\n"
+                          "dup = MPI.COMM_WORLD.Dup()\n"
+                          "(len(big), dup.Get_size(), MPI.COMM_WORLD.Split(me % 2).Get_size(),"
+                          " MPI.COMM_WORLD.Create_cart([3]).Get_size())")
+    text = ANSI.sub("", "".join(o.get("text", "") for o in out if o["type"] == "stream"))
+    assert status == "ok", error_text(out)
+    assert text.count("(3000000, 3, ") == 3 and "(3000000, 3, 2, 3)" in text and "(3000000, 3, 1, 3)" in text

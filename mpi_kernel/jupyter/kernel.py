@@ -41,7 +41,10 @@ class MPIKernel(IPythonKernel):
     def banner(self) -> str:
         last = self.mpi.servers()[-1]
         return (f"{super().banner}\nmpi-kernel {__version__}: this kernel is the MPI client "
-                f"(rank {last + 1}); servers are ranks 0-{last}. Try %%px, %mpi_status, %mpi_monitor.")
+                f"(rank {last + 1}); servers are ranks 0-{last}. Try %%px, %mpi_status, %mpi_monitor.\n"
+                f"In %%px cells MPI.COMM_WORLD is the servers' world ({last + 1} ranks, as under "
+                f"mpiexec -n {last + 1}), also named comm, with rank and size; in %%px --local cells "
+                f"and here it is the whole job ({last + 2} ranks).")
 
     def _send_interrupt_children(self) -> None:
         # Jupyter's interrupt button (interrupt_mode "message") stops everything: queued
