@@ -26,6 +26,7 @@ from .targets import parse_targets
 
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
 BUSY_NOTICE_AFTER = 1.0  # seconds a server has been busy before a new cell says it waits for it
+LOCAL_FAILED_WAIT = 5.0  # seconds the servers get to finish once the client's part of --local failed
 # The --targets option of the magics that move variables (no "any": they need definite ranks).
 _DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
 _VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
@@ -123,8 +124,12 @@ class MPIMagics(Magics):
                   f"%pxresult{'' if name == '_' else ' ' + name} shows the results")
             return
         local_ok = self.shell.run_cell(source, store_history=False).success if args.local else True
+        timeout, local = args.timeout, args.local
+        if not local_ok:
+            # The client will not join the servers' collectives now: do not wait for ever.
+            timeout, local = min(timeout or LOCAL_FAILED_WAIT, LOCAL_FAILED_WAIT), False
         try:
-            self._wait(ids, args.timeout, args.group_outputs == "order", args.local)
+            self._wait(ids, timeout, args.group_outputs == "order", local)
             self._finish(ids, args.group_outputs, args.out)
         except show.RemoteError as exc:
             if not local_ok:

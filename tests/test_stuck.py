@@ -198,3 +198,18 @@ def test_a_server_in_timeout_ends_the_cell_and_its_late_output_shows_later(kerne
         assert "[stdout:0] late" in seen
     finally:
         run(kc, "MPICommandClient().ping_interval, MPICommandClient().server_timeout = 1.0, 30.0")
+
+
+def test_a_local_cell_whose_client_part_fails_does_not_leave_the_servers_waiting(kernel):
+    km, kc = kernel
+    t0 = time.monotonic()
+    status, out = run(kc, "%%px --local\nfrom mpi4py import MPI\nif MPI.COMM_WORLD.Get_rank() == 3:\n"
+                          "    undefined_on_the_client()\nMPI.COMM_WORLD.Barrier()", timeout=60)
+    text = error_text(out)
+    assert status == "error" and "NameError" in text
+    assert "Ranks 0-2 wait in the collective `MPI.COMM_WORLD.Barrier()` on MPI_COMM_WORLD" in text, text
+    assert "not in it: rank 3" in text and "failed too: its traceback is above" in text
+    assert time.monotonic() - t0 < 30
+    status, out = run(kc, "from mpi4py import MPI\nMPI.COMM_WORLD.Barrier()")  # the advice frees them
+    status, out = run(kc, "%%px\n'alive'")
+    assert status == "ok" and text_of(out).count("alive") == 3
