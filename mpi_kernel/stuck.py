@@ -227,8 +227,8 @@ def _mpi_advice(who: str, ranks: list[int], report: dict, reports: dict[int, dic
     parts = [f"; not in it: {_who(missing)}."]
     if client_rank in missing and not client_joins:
         parts.append(f" The client (rank {client_rank}) is a member but does not run plain %%px "
-                     f"cells: use `comm` (the servers' communicator) in plain %%px cells, or "
-                     f"`%%px --local` to include the client.")
+                     f"cells: use `comm` or `MPI.COMM_WORLD` (the servers' world) in plain %%px "
+                     f"cells, or `%%px --local` to include the client.")
         if missing == [client_rank] and report.get("comm") == "MPI_COMM_WORLD":
             parts.append(f" To release these ranks now, run `MPI.COMM_WORLD.{report['method']}(...)` "
                          f"with matching arguments in a plain cell (on the client).")
