@@ -65,7 +65,9 @@ def flush() -> None:
 
 
 def show_display(rank: int, data: dict, metadata: dict) -> None:
-    display(data, metadata=metadata, raw=True)
+    """A server's display() output, labelled [output:N] as ipyparallel labels it."""
+    sys.stdout.write(f"[output:{rank}]\n")
+    display(data, metadata=metadata, raw=True)  # flushes stdout first
 
 
 def show_result(rank: int, count: int | None, ret: dict) -> None:

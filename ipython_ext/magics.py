@@ -16,6 +16,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float
 
+from mpi_kernel.asyncresult import AsyncResult
 from mpi_kernel.client import MPICommandClient, ServerError
 from mpi_kernel.protocol import format_ranks
 from mpi_kernel.stuck import explain
@@ -29,7 +30,7 @@ BUSY_NOTICE_AFTER = 1.0  # seconds a server has been busy before a new cell says
 LOCAL_FAILED_WAIT = 5.0  # seconds the servers get to finish once the client's part of --local failed
 # The --targets option of the magics that move variables (no "any": they need definite ranks).
 _DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
-_VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out"}
+_VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out", "-o", "--progress-after"}
 
 
 @magics_class
@@ -44,6 +45,7 @@ class MPIMagics(Magics):
         self.events: collections.deque = collections.deque()   # filled by the pumping thread
         self.deferred: dict[int, list] = {}                     # displays of --noblock requests
         self.pending: dict[str, tuple[list[int], bool]] = {}    # %pxresult NAME -> (ids, want value)
+        self.defaults: dict[str, Any] = {"targets": "all", "block": True, "verbose": False}  # %pxconfig
         self.autopx = False
         self.printer = show.StreamPrinter()
         self.monitor = MonitorUpdater(client.get_server_status)
@@ -52,13 +54,27 @@ class MPIMagics(Magics):
 
     # -- %%px --------------------------------------------------------------------------
     @magic_arguments()
-    @argument("--targets", "-t", default="all", help="servers: all, any, 0, 0,2, 1-3 (default all)")
-    @argument("--noblock", action="store_true", help="return at once; get results with %%pxresult")
+    @argument("--targets", "-t", default=None,
+              help="servers: all, any, 0, -1, 0,2, [0,2], 1-3, ::2, 1:3 (default all, or %%pxconfig's)")
+    @argument("--block", dest="block", action="store_true", default=None,
+              help="wait for the results (the default)")
+    @argument("--noblock", dest="block", action="store_false",
+              help="return at once; get results with %%pxresult")
     @argument("--local", action="store_true", help="also run the cell on the client, at the same time")
     @argument("--timeout", type=float, default=None, help="seconds before the servers are interrupted")
-    @argument("--group-outputs", choices=["order", "rank"], default="order",
-              help="order: output live as it comes; rank: each rank's output together at the end")
-    @argument("--out", default=None, help="store {rank: value of the last expression} in this variable")
+    @argument("--stream", dest="stream", action="store_true", default=None,
+              help="show output live as it comes (the default)")
+    @argument("--no-stream", dest="stream", action="store_false",
+              help="show each rank's output together at the end")
+    @argument("--progress-after", type=float, default=None,
+              help="seconds before the progress line appears (default MPIMagics.progress_after)")
+    @argument("--group-outputs", choices=["order", "engine", "rank", "type"], default=None,
+              help="order: live as it comes; engine (or rank): each rank's output together at the "
+                   "end; type: all stdout, then all stderr, at the end")
+    @argument("--verbose", action="store_true", default=None,
+              help="say where the cell runs and how long it took")
+    @argument("--out", "-o", default=None,
+              help="store the cell's AsyncResult in this variable (.get(), .get_dict())")
     @argument("statement", nargs="*", help="with %%px: the statement to run")
     @line_cell_magic
     def px(self, line: str, cell: str | None = None) -> None:
@@ -91,6 +107,8 @@ class MPIMagics(Magics):
                              f"in matching quotes)") from None
         if getattr(args, "timeout", None) is not None and not args.timeout > 0:  # nan too
             raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+        if getattr(args, "progress_after", None) is not None and not args.progress_after >= 0:
+            raise UsageError(f"--progress-after must be a number of seconds, not {args.progress_after:g}")
         if getattr(args, "out", None) is not None and not args.out.isidentifier():
             raise UsageError(f"--out takes a variable name, not {args.out!r}")
         return args
@@ -108,8 +126,9 @@ class MPIMagics(Magics):
         return targets
 
     def _run_px(self, source: str, args: Any) -> None:
+        args = self._with_defaults(args)
         targets = self._targets(args.targets)
-        if args.noblock and args.local:
+        if not args.block and args.local:
             raise UsageError("--noblock and --local cannot be combined")
         if targets is not None:
             for rank in targets:
@@ -117,7 +136,11 @@ class MPIMagics(Magics):
                     raise UsageError(f"server {rank} is in timeout; choose other --targets")
         ids = self.client.execute_cell(source, targets, want_value=args.out is not None, local=args.local)
         self._say_busy(ids)
-        if args.noblock:
+        if args.verbose:
+            where = "the first idle server" if targets is None else show.ranks_word(targets)
+            print(f"[px] running on {where}{' and the client' if args.local else ''} "
+                  f"(request{'s' if len(ids) > 1 else ''} {format_ranks(ids)})", flush=True)
+        if not args.block:
             name = args.out or "_"
             self.pending[name] = (ids, args.out is not None)
             print(f"[px] running as request{'s' if len(ids) > 1 else ''} {format_ranks(ids)}; "
@@ -128,8 +151,9 @@ class MPIMagics(Magics):
         if not local_ok:
             # The client will not join the servers' collectives now: do not wait for ever.
             timeout, local = min(timeout or LOCAL_FAILED_WAIT, LOCAL_FAILED_WAIT), False
+        started = time.monotonic()
         try:
-            self._wait(ids, timeout, args.group_outputs == "order", local)
+            self._wait(ids, timeout, args.group_outputs == "order", local, args.progress_after)
             self._finish(ids, args.group_outputs, args.out)
         except show.RemoteError as exc:
             if not local_ok:
@@ -141,6 +165,23 @@ class MPIMagics(Magics):
         if not local_ok:  # only the client's part failed: the cell fails all the same
             raise show.PxError(f"%%px --local: the cell failed on the client (rank {self._client_rank}); "
                                f"its traceback is above. It succeeded on the servers.")
+        if args.verbose:
+            print(f"[px] done in {time.monotonic() - started:.3f} s")
+
+    def _with_defaults(self, args: Any) -> Any:
+        """Options not given take %pxconfig's defaults; --no-stream groups output by rank."""
+        for name, value in self.defaults.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        if args.group_outputs == "rank":  # this kernel's older name for it
+            args.group_outputs = "engine"
+        if args.stream is None:
+            args.stream = args.group_outputs in (None, "order")
+        if args.group_outputs is None or (args.group_outputs == "order" and not args.stream):
+            args.group_outputs = "order" if args.stream else "engine"
+        if args.progress_after is None:
+            args.progress_after = self.progress_after
+        return args
 
     @property
     def _client_rank(self) -> int:
@@ -160,9 +201,11 @@ class MPIMagics(Magics):
                       f"running {status['elapsed'] or 0:.1f} s): this cell starts there when it ends. "
                       f"Stop or --timeout end the wait.", flush=True)
 
-    def _wait(self, ids: list[int], timeout: float | None, live: bool, local: bool) -> None:
+    def _wait(self, ids: list[int], timeout: float | None, live: bool, local: bool,
+              progress_after: float | None = None) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
-        progress = show.ProgressLine(len(ids), after=self.progress_after)
+        after = self.progress_after if progress_after is None else progress_after
+        progress = show.ProgressLine(len(ids), after=after)
         self.printer = show.StreamPrinter()  # a fresh cell: no line is left open
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         next_look = DIAGNOSE_AFTER
@@ -274,10 +317,11 @@ class MPIMagics(Magics):
         while self.events:
             event = self.events.popleft()
             kind, server, request_id, *rest = event
-            if request_id in background and request_id not in ids:
-                if kind == "display":  # %pxresult shows streams from the responses
+            if request_id in background and request_id not in ids or (kind == "display" and not live
+                                                                      and request_id in ids):
+                if kind == "display":  # shown by _finish, in rank order (%pxresult, --no-stream)
                     self.deferred.setdefault(request_id, []).append((server, *rest))
-                continue
+                continue  # %pxresult shows streams from the responses
             batch.append(event)
         shown = False
         for kind, server, _, *rest in sorted(batch, key=lambda event: event[1]):
@@ -297,9 +341,15 @@ class MPIMagics(Magics):
         for request_id in ids:
             for server, data, metadata, *_ in self.deferred.pop(request_id, []):
                 show.show_display(server, data, metadata)
-        if group == "rank":
-            for r in sorted(responses, key=lambda r: r["server"]):
+        ordered = sorted(responses, key=lambda r: r["server"])
+        if group == "engine":  # each rank's output together
+            for r in ordered:
                 for name in ("stdout", "stderr"):
+                    if r[name]:
+                        self.printer.write(r["server"], name, r[name])
+        elif group == "type":  # every rank's stdout, then every rank's stderr
+            for name in ("stdout", "stderr"):
+                for r in ordered:
                     if r[name]:
                         self.printer.write(r["server"], name, r[name])
         self.printer.end_lines()  # output without a final newline must not run into Out[...]
@@ -307,12 +357,30 @@ class MPIMagics(Magics):
         for r in sorted(responses, key=lambda r: r["server"]):
             if r["successful"] and r["ret"] is not None:
                 show.show_result(r["server"], count, r["ret"])
-        if out is not None:
-            self.shell.user_ns[out] = {r["server"]: (r["ret"] or {}).get("value")
-                                       for r in responses if r["successful"]}
+        if out is not None:  # as ipyparallel's %%px -o: .get() in rank order, .get_dict() by rank
+            self.shell.user_ns[out] = AsyncResult.done(
+                ordered, lambda values: [(v or {}).get("value") if isinstance(v, dict) else v
+                                         for v in values], "ranks")
         failed = [r for r in responses if not r["successful"]]
         if failed or note:
             raise show.RemoteError(failed, note)
+
+    @magic_arguments()
+    @argument("--targets", "-t", default=None, help="default servers of later %%px cells")
+    @argument("--block", dest="block", action="store_true", default=None, help="later cells wait (the default)")
+    @argument("--noblock", dest="block", action="store_false", help="later cells return at once")
+    @argument("--verbose", dest="verbose", action="store_true", default=None, help="later cells say where they ran")
+    @argument("--no-verbose", dest="verbose", action="store_false", help="the default")
+    @line_magic
+    def pxconfig(self, line: str) -> None:
+        """%pxconfig [--targets SPEC] [--block|--noblock] [--verbose|--no-verbose]: defaults of later %%px cells."""
+        args = self._parse(self.pxconfig, line)
+        if args.targets is not None:
+            self._targets(args.targets)  # a UsageError now rather than in every later cell
+        for name in self.defaults:
+            if getattr(args, name) is not None:
+                self.defaults[name] = getattr(args, name)
+        print("%px defaults: " + ", ".join(f"{k}={v}" for k, v in self.defaults.items()))
 
     # -- %pxresult, %autopx ---------------------------------------------------------------
     @line_magic
@@ -326,7 +394,7 @@ class MPIMagics(Magics):
         self._wait(ids, None, True, False)
         del self.pending[name]
         try:
-            self._finish(ids, "rank", name if want_value else None)
+            self._finish(ids, "engine", name if want_value else None)
         finally:
             self.client.forget(ids)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["MPICommandClient", "MPICommandServer", "ServerError", "job_world", "__version__"]
+__all__ = ["AsyncResult", "Client", "MPICommandClient", "MPICommandServer", "RemoteTaskError",
+           "ServerError", "job_world", "__version__"]
 
 
 def job_world() -> Any:
@@ -26,6 +27,9 @@ def __getattr__(name: str) -> Any:
     if name in ("MPICommandClient", "ServerError"):
         from . import client
         return getattr(client, name)
+    if name in ("Client", "AsyncResult", "RemoteTaskError"):  # the ipyparallel-style API
+        from . import views
+        return getattr(views, name)
     if name == "MPICommandServer":
         from .server import MPICommandServer
         return MPICommandServer

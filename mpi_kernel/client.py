@@ -269,6 +269,23 @@ class MPICommandClient(Configurable):
             return self._submit(protocol.CELL, source, protocol.CELL, None,
                                 {"value": want_value, "local": local}, targets)
 
+    def call(self, function_blob: bytes, calls: list[tuple[tuple, dict]], target: Any = None,
+             label: str = "<call>") -> list[int]:
+        """Queue a view's task: the pickled function (transport.dumps_function) called on each
+        (args, kwargs) of `calls`; the response's `ret` is the list of results. `target` as in
+        push_command_request (None: the first idle server)."""
+        with transport.DeferredSigint():
+            return self._submit(protocol.CALLS, label, protocol.CALLS, None, (function_blob, calls), target)
+
+    def call_each(self, function_blob: bytes, tasks: list[list[tuple[tuple, dict]]],
+                  label: str = "<call>") -> list[int]:
+        """`call` for many tasks at once, each to the first idle server (a load-balanced map):
+        one request per task, queued together."""
+        self._require_running()
+        with transport.DeferredSigint():
+            return self._queue(protocol.CALLS, label, protocol.CALLS, None,
+                               [(None, (function_blob, calls)) for calls in tasks])
+
     def wait(self, ids: Iterable[int], timeout: float | None = None) -> bool:
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
         return not self._wait_responses(self._check_ids(ids), timeout)
@@ -399,26 +416,34 @@ class MPICommandClient(Configurable):
         """Validate, pickle and queue one request per target; send what can go now."""
         self._require_running()
         ranks = protocol.check_targets(target, self._servers)
+        return self._queue(kind, command, mode, parameters, [(rank, payload) for rank in ranks or [None]])
+
+    def _queue(self, kind: str, command: str, mode: str, parameters: Any,
+               items: list[tuple[int | None, Any]]) -> list[int]:
+        """Queue a request per (server or None for any, payload): all pickled before any is
+        queued, so a value that cannot be pickled loses nothing; then send what can go."""
         with self._lock, transport.DeferredSigint():
-            for rank in ranks or ():
+            for rank in {rank for rank, _ in items if rank is not None}:
                 if self._monitor.table[rank].timeout:
                     raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
                                        f"for {self.server_timeout:g} s); choose another target")
-            ids = []
-            for rank in ranks or [None]:
+            encoded, ids = [], []
+            for n, (rank, payload) in enumerate(items):
                 request_id = next(self._ids)
-                message = protocol.make_request(kind, request_id, command, mode, payload)
+                ids.append(request_id)
                 try:
-                    encoded = transport.encode(message)
-                except Exception as exc:  # before anything is queued or sent
-                    raise TypeError(f"cannot send {command!r} to the servers: a value in it "
+                    encoded.append(transport.encode(protocol.make_request(kind, request_id, command,
+                                                                          mode, payload)))
+                except Exception as exc:
+                    which = f" (task {n})" if len(items) > 1 and items[0][1] is not payload else ""
+                    raise TypeError(f"cannot send {command!r}{which} to the servers: a value in it "
                                     f"cannot be pickled ({type(exc).__name__}: {exc})") from exc
-                self._encoded[request_id] = encoded
+            for (rank, _), message, request_id in zip(items, encoded, ids):
+                self._encoded[request_id] = message
                 self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
                                               "mode": mode, "parameters": parameters, "server": rank,
                                               "status": protocol.HOLDING_QUEUE}
                 (self._any_queue if rank is None else self._queues[rank]).append(request_id)
-                ids.append(request_id)
             self._dispatch()
         return ids
 

@@ -33,7 +33,8 @@ IDLE, BUSY = "idle", "busy"
 # Request kinds. "command" is the guide's; push/pull move persistent variables;
 # "cell" runs IPython-style (the %%px magic): the last expression's value comes
 # back as a mime bundle, errors as IPython-style tracebacks.
-COMMAND, PUSH, PULL, CELL = "command", "push", "pull", "cell"
+# "calls" is a view's task: a pickled function and the (args, kwargs) to call it on.
+COMMAND, PUSH, PULL, CELL, CALLS = "command", "push", "pull", "cell", "calls"
 
 # Control and event kinds.
 START, PING, INTERRUPT, STOP, STACK = "start", "ping", "interrupt", "stop", "stack"

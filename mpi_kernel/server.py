@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,31 @@ def _user_frames(exc: BaseException) -> TracebackType | None:
             link.tb_next = None
         link = link.tb_next
     return tb
+
+
+class _Globals(dict):
+    """The globals of a function the notebook or script defined: the values it referenced
+    there (cloudpickle sent them), then the server's namespace (`rank`, pushed variables),
+    then builtins (a KeyError makes Python look there)."""
+
+    def __init__(self, sent: dict, namespace: dict) -> None:
+        super().__init__(sent)
+        self._namespace = namespace
+
+    def __missing__(self, name: str) -> Any:
+        return self._namespace[name]
+
+
+def _interactive(function: Any, namespace: dict) -> Any:
+    """A function defined in the client's __main__, made to see the server's namespace as
+    ipyparallel's engines do; other callables as they are."""
+    if not isinstance(function, types.FunctionType) or function.__module__ != "__main__":
+        return function
+    rebound = types.FunctionType(function.__code__, _Globals(function.__globals__, namespace),
+                                 function.__name__, function.__defaults__, function.__closure__)
+    rebound.__kwdefaults__ = function.__kwdefaults__
+    rebound.__dict__.update(function.__dict__)
+    return rebound
 
 
 def _stdin_from_devnull() -> None:
@@ -88,9 +114,11 @@ class MPICommandServer:
         self.capture = OutputCapture(self._send_stream)
         self.fd_capture: FdCapture | None = None  # started by configure()
         self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
-                         protocol.PULL: self._pull, protocol.CELL: self._run_cell}
+                         protocol.PULL: self._pull, protocol.CELL: self._run_cell,
+                         protocol.CALLS: self._run_calls}
         self.sources = SourceKeeper()
         self._codes = BoundedCache(*CODE_CACHE)
+        self._functions = BoundedCache(*CODE_CACHE)  # a view's pickled function -> the function
         self.cells = CellRunner(self.namespace, self._send_display, self.sources)
         self.monitor = MonitorServer(self, self.capture.flush_if_old)
 
@@ -211,14 +239,19 @@ class MPICommandServer:
                        self.env.client_rank, Tag.RESPONSE)
 
     def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> tuple:
-        return self._run(request_id, command, mode, params, None)
+        return self._run(request_id, command, lambda: self._execute(command, mode), params)
 
     def _run_cell(self, request_id: int, source: str, mode: str, options: dict) -> tuple:
-        return self._run(request_id, source, mode, None, options)
+        return self._run(request_id, source, lambda: self._execute_cell(source, options), cell=options)
 
-    def _run(self, request_id: int, command: str, mode: str, params: dict | None,
-             cell: dict | None) -> tuple:
-        """Run a command (or, with `cell` options, a %%px cell): parameters, capture, reply."""
+    def _run_calls(self, request_id: int, label: str, mode: str, payload: tuple[bytes, list]) -> tuple:
+        """A view's task: a pickled function called on each (args, kwargs) of `payload`."""
+        return self._run(request_id, label, lambda: self._execute_calls(*payload))
+
+    def _run(self, request_id: int, command: str, body: Any, params: dict | None = None,
+             cell: dict | None = None) -> tuple:
+        """Run `body` for a request (a command, a %%px cell with `cell` options, a view's
+        task): parameters, output capture, the reply."""
         namespace = self.namespace
         if params:
             saved = {k: namespace[k] for k in params if k in namespace}
@@ -229,7 +262,7 @@ class MPICommandServer:
         ret, ok, tb = None, True, None
         try:
             with self.worlds.world(bool(cell and cell.get("local"))):
-                ret = self._execute(command, mode) if cell is None else self._execute_cell(command, cell)
+                ret = body()
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
             ok, tb = False, self._format_traceback(exc, command, cell is not None)
         finally:
@@ -251,6 +284,17 @@ class MPICommandServer:
         self._armed = True
         try:
             return eval(code, self.namespace)
+        finally:
+            self._armed = False
+
+    def _execute_calls(self, blob: bytes, calls: list[tuple[tuple, dict]]) -> list:
+        function = self._functions.get(blob)
+        if function is None:
+            function = _interactive(transport.loads_function(blob), self.namespace)
+            self._functions.put(blob, function, len(blob))
+        self._armed = True
+        try:
+            return [function(*args, **kwargs) for args, kwargs in calls]
         finally:
             self._armed = False
 

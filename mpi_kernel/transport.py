@@ -135,6 +135,28 @@ def _dumps(obj: Any, buffers: list[memoryview]) -> bytes:
     return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
 
 
+def dumps_function(function: Any) -> bytes:
+    """A function as bytes, pickled once for many tasks (by value when it was defined in
+    the notebook or script, as push sends it). TypeError says why it cannot travel."""
+    if not callable(function):
+        raise TypeError(f"expected a function, not {type(function).__name__}")
+    buffers: list[memoryview] = []
+    try:
+        data = _dumps(function, buffers)
+    except Exception as exc:
+        raise TypeError(f"cannot send {function!r} to the servers: it cannot be pickled "
+                        f"({type(exc).__name__}: {exc})") from exc
+    return data if not buffers else pickle.dumps((data, [bytes(b) for b in buffers]))
+
+
+def loads_function(blob: bytes) -> Any:
+    value = pickle.loads(blob)
+    if isinstance(value, tuple):  # it held large buffers (a closure over an array)
+        data, buffers = value
+        value = pickle.loads(data, buffers=buffers)
+    return value
+
+
 def send_encoded(comm: MPI.Comm, encoded: tuple[bytes, list[memoryview]], dest: int, tag: int,
                  wait: bool = True) -> list[MPI.Request]:
     """Send a message and its out-of-band parts.

@@ -128,7 +128,7 @@ def test_noblock_and_pxresult(kc):
     assert status == "ok" and "%pxresult res" in text_of(out)
     status, out = run(kc, "%pxresult res")
     assert status == "ok" and "Out[1:" in text_of(out)
-    status, out = run(kc, "res")
+    status, out = run(kc, "res.get_dict()")
     assert out[-1]["data"]["text/plain"] == "{0: 100, 1: 101, 2: 102}"
 
 
@@ -382,8 +382,8 @@ def test_group_outputs_by_rank_and_blocking_out(kc):
     assert status == "ok"
     lines = [line for line in text_of(out).splitlines() if line.startswith("[stdout:")]
     assert lines == [f"[stdout:{r}] r{r} line {i}" for r in range(3) for i in range(2)]  # grouped, rank order
-    status, out = run(kc, "squares")
-    assert out[-1]["data"]["text/plain"] == "{0: 0, 1: 1, 2: 4}"
+    status, out = run(kc, "squares.get(), squares.get_dict(), squares.successful()")   # ipyparallel's -o
+    assert out[-1]["data"]["text/plain"] == "([0, 1, 4], {0: 0, 1: 1, 2: 4}, True)"
 
 
 def test_px_cells_do_not_grow_the_client_history(kc):
@@ -393,3 +393,39 @@ def test_px_cells_do_not_grow_the_client_history(kc):
     run(kc, "%%px\n1/0")
     status, out = run(kc, "len(_c.get_command_request_list()) - _before, len(_c.get_command_response_list())")
     assert out[-1]["data"]["text/plain"].startswith("(0, ")
+
+
+@pytest.mark.parametrize("spec, ranks", [("::2", [0, 2]), ("1:3", [1, 2]), ("[0,2]", [0, 2]), ("-1", [2])])
+def test_px_targets_as_ipyparallel_writes_them(kc, spec, ranks):
+    status, out = run(kc, f"%%px --targets {spec}\nprint(rank)")
+    assert status == "ok" and text_of(out) == "".join(f"[stdout:{r}] {r}\n" for r in ranks)
+
+
+def test_px_options_ipyparallel_users_reach_for(kc):
+    code = "import sys, time\nprint('out', rank, flush=True)\ntime.sleep(0.05 * (3 - rank))\nprint('err', rank, file=sys.stderr)"
+    status, out = run(kc, f"%%px --no-stream --block\n{code}")
+    assert status == "ok"
+    assert [line for line in text_of(out).splitlines()] == [f"[stdout:{r}] out {r}" for r in range(3)]
+    assert text_of(out, "stderr").splitlines() == [f"[stderr:{r}] err {r}" for r in range(3)]
+    status, out = run(kc, f"%%px --group-outputs type\n{code}")
+    assert text_of(out).splitlines() == [f"[stdout:{r}] out {r}" for r in range(3)]
+    status, out = run(kc, "%%px --verbose --targets 0\n1")
+    assert "[px] running on rank 0 (request " in text_of(out) and "[px] done in " in text_of(out)
+    status, out = run(kc, "%%px --progress-after 0 --targets 0\nimport time\ntime.sleep(0.8)")
+    assert any(o["type"] == "display_data" and "[px] 0/1 ranks done" in o["data"]["text/plain"] for o in out)
+    status, out = run(kc, "%%px --targets 0\nfrom IPython.display import HTML\ndisplay(HTML('<i>x</i>'))")
+    assert "[output:0]\n" in text_of(out)
+
+
+def test_pxconfig_sets_defaults_for_later_cells(kc):
+    status, out = run(kc, "%pxconfig --targets 1 --verbose")
+    assert status == "ok" and "targets=1" in text_of(out)
+    try:
+        status, out = run(kc, "%%px\nprint(rank)")
+        assert "[stdout:1] 1\n" in text_of(out) and "[stdout:0]" not in text_of(out) and "[px] done" in text_of(out)
+        status, out = run(kc, "%%px --targets all\nprint(rank)")
+        assert text_of(out).count("[stdout:") == 3
+        status, out = run(kc, "%pxconfig --targets 9")
+        assert status == "error" and "servers are 0-2" in text_of(out, "stderr")
+    finally:
+        run(kc, "%pxconfig --targets all --no-verbose")

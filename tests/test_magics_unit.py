@@ -17,6 +17,8 @@ SERVERS = [0, 1, 2]
 @pytest.mark.parametrize("spec, expected", [
     ("all", [0, 1, 2]), ("ALL", [0, 1, 2]), ("any", None), ("0", [0]), ("0,2", [0, 2]),
     ("1-2", [1, 2]), ("0, 2-2", [0, 2]), ("0-1,1", [0, 1]),
+    ("::2", [0, 2]), ("1:3", [1, 2]), (":", [0, 1, 2]), ("-2:", [1, 2]), ("::-1", [2, 1, 0]),
+    ("[0,2]", [0, 2]), ("[1]", [1]), ("-1", [2]), ("-3", [0]),
 ])
 def test_parse_targets(spec, expected):
     assert parse_targets(spec, SERVERS) == expected
@@ -24,7 +26,10 @@ def test_parse_targets(spec, expected):
 
 @pytest.mark.parametrize("spec, message", [
     ("3", "names ranks that are not servers: [3]; servers are 0-2"),
-    ("-1", "bad target '-1'"),
+    ("-4", "there are only 3 servers"),
+    ("5:", "selects no servers"),
+    ("::0", "a slice step cannot be 0"),
+    ("[0,", "bad target"),
     ("2-1", "the first rank must not exceed the last"),
     ("0;1", "use 'all', 'any'"),
     ("__import__('os').system('x')", "bad target"),
@@ -68,7 +73,9 @@ def magics():
     (("px", "--targets 0-x", "1"), "bad target '0-x'"),
     (("px", "--timeout 0", "1"), "--timeout must be a positive number"),
     (("px", "--timeout soon", "1"), "argument --timeout: invalid float value: 'soon'"),
-    (("px", "--group-outputs engine", "1"), "invalid choice: 'engine'"),
+    (("px", "--group-outputs bogus", "1"), "invalid choice: 'bogus'"),
+    (("px", "--progress-after -1", "1"), "--progress-after must be a number of seconds"),
+    (("pxconfig", "--targets 7", None), "servers are 0-2"),
     (("px", "--out 1x", "1"), "--out takes a variable name"),
     (("px", "--noblock --local", "1"), "--noblock and --local cannot be combined"),
     (("px", "", "   "), "%px needs code to run"),
@@ -135,7 +142,7 @@ def test_unbalanced_quotes_are_a_usage_error(magics):
 class InstantClient(FakeClient):
     """Every request answers at once, successfully and with no output."""
 
-    def execute_cell(self, source, targets=None, want_value=False):
+    def execute_cell(self, source, targets=None, want_value=False, local=False):
         return [1]
 
     def wait(self, ids, timeout=None):
@@ -152,14 +159,15 @@ class InstantClient(FakeClient):
 
 
 # Words the option strings are made of: every magic's flags, values good and bad, quotes.
-_WORDS = ["--targets", "-t", "--timeout", "--noblock", "--local", "--group-outputs", "--out", "--",
+_WORDS = ["--targets", "-t", "--timeout", "--noblock", "--block", "--local", "--group-outputs", "--out", "-o",
+          "--stream", "--no-stream", "--progress-after", "--verbose", "--no-verbose", "engine", "type", "::2", "[0,2]", "--",
           "-", "all", "any", "0", "1-2", "0,2", "9", "-1", "nan", "inf", "1e9", "rank", "order",
           "x", "'", '"', "\\", "=", "'a b'", "%", "\x00", "é"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["px", "px-cell", "mpi_push", "mpi_pull", "mpi_scatter", "mpi_gather",
-                             "mpi_status", "pxresult"]),
+                             "mpi_status", "pxresult", "pxconfig"]),
        words=st.lists(st.one_of(st.sampled_from(_WORDS), st.text(max_size=4)), max_size=6))
 def test_fuzzed_magic_options_give_usage_errors_only(name, words):
     """Whatever the options, a magic either works or raises UsageError: no internal error."""

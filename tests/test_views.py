@@ -1,0 +1,143 @@
+"""The ipyparallel-style API (mpi_kernel.Client, views, AsyncResult, executor) in real jobs."""
+from conftest import last_json
+
+
+def test_direct_views_push_pull_apply_map_execute(job):
+    out = job("""
+        import json
+        from mpi_kernel import Client
+        rc = Client()
+        dview = rc[:]
+        dview.push({"a": 10})
+        dview["b"] = 2
+        scale = 3
+        applied = dview.apply_sync(lambda x: rank * scale + x + a, 1)   # a closure, by value
+        one = rc[1].apply_sync(lambda: (rank, size))
+        mapped = dview.map_sync(lambda x, y: x * y, range(7), range(7))
+        ar = rc[::2].execute("c = rank + b")
+        ar.get()
+        print(json.dumps([rc.ids, dview["a"], rc[0]["b"], applied, one, mapped, rc[[0, 2]].pull("c"),
+                          rc[-1].targets, ar.successful(), ar.progress]))
+    """)
+    ids, a, b, applied, one, mapped, c, last, ok, progress = last_json(out)
+    assert ids == [0, 1, 2] and a == [10, 10, 10] and b == 2
+    assert applied == [11, 14, 17] and one == [1, 3]
+    assert mapped == [x * x for x in range(7)] and c == [2, 4] and last == 2 and ok and progress == 2
+
+
+def test_load_balanced_map_spreads_tasks_and_keeps_order(job):
+    out = job("""
+        import json
+        from mpi_kernel import Client
+        rc = Client()
+        lview = rc.load_balanced_view()
+        def who(x):
+            import time
+            time.sleep(0.01)
+            return (x * x, rank)
+        ar = lview.map_async(who, range(60), chunksize=2)
+        res = ar.get(timeout=60)
+        unordered = lview.map_sync(lambda x: x, range(20), ordered=False, chunksize=3)
+        single = lview.apply_sync(pow, 2, 10)
+        print(json.dumps([[r[0] for r in res], sorted({r[1] for r in res}), sorted(unordered), single,
+                          ar.ready(), ar.elapsed > 0]))
+    """)
+    squares, ranks, unordered, single, ready, elapsed = last_json(out)
+    assert squares == [x * x for x in range(60)] and ranks == [0, 1, 2]   # every server took tasks
+    assert unordered == list(range(20)) and single == 1024 and ready and elapsed
+
+
+def test_failed_tasks_name_task_and_rank_and_keep_the_other_results(job):
+    out = job("""
+        import json
+        from mpi_kernel import Client, RemoteTaskError
+        rc = Client()
+        lview = rc.load_balanced_view()
+        ar = lview.map_async(lambda x: 1 / (x % 3), range(7))
+        try:
+            ar.get()
+        except RemoteTaskError as exc:
+            error = [str(exc).splitlines()[0], sorted(i for i, _, _ in exc.failures), "ZeroDivisionError: division by zero" in str(exc)]
+        partial = ar.get(return_exceptions=True)
+        kept = [v for v in partial if not isinstance(v, Exception)]
+        bad = [type(v).__name__ for v in partial if isinstance(v, Exception)]
+        print(json.dumps([error, kept, bad, ar.successful()]))
+    """)
+    error, kept, bad, successful = last_json(out)
+    assert error[0].startswith("ZeroDivisionError in tasks 0, 3, 6 on rank") and error[1] == [0, 3, 6] and error[2]
+    assert kept == [1.0, 0.5, 1.0, 0.5] and bad == ["RemoteTaskError"] * 3 and not successful
+
+
+def test_executor_submit_map_and_cancel(job):
+    out = job("""
+        import json, time
+        import concurrent.futures as cf
+        from mpi_kernel import Client
+        rc = Client()
+        with rc.executor() as ex:
+            f = ex.submit(sum, [1, 2, 3])
+            results = list(ex.map(lambda x: x + 1, range(10), chunksize=4))
+            value = f.result(timeout=30)
+            failing = ex.submit(lambda: 1 / 0)
+            exc = type(failing.exception(timeout=30)).__name__
+        ex = rc.executor()
+        slow = [ex.submit(time.sleep, 5) for _ in range(6)]   # 3 run, 3 queued
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        ex.shutdown(wait=True, cancel_futures=True)
+        took = time.monotonic() - t0
+        print(json.dumps([value, results, exc, [f.cancelled() for f in slow], took]))
+    """, timeout=90)
+    value, results, exc, cancelled, took = last_json(out)
+    assert value == 6 and results == list(range(1, 11)) and exc == "RemoteTaskError"
+    assert all(cancelled) and took < 4   # queued ones never ran, running ones were interrupted
+
+
+def test_unpicklable_function_is_a_clear_error_and_loses_nothing(job):
+    out = job("""
+        import json, threading
+        from mpi_kernel import Client
+        rc = Client()
+        lock = threading.Lock()
+        try:
+            rc.load_balanced_view().apply_sync(lambda: lock)
+        except TypeError as exc:
+            message = str(exc)
+        print(json.dumps([message, rc[:].apply_sync(lambda: rank)]))
+    """)
+    message, ranks = last_json(out)
+    assert message.startswith("cannot send <function <lambda>") and "it cannot be pickled" in message
+    assert ranks == [0, 1, 2]
+
+
+def test_stop_in_the_notebook_cancels_queued_tasks_and_interrupts_running_ones(tmp_path):
+    import time
+
+    from kernel_helpers import ANSI, install_kernelspec, run, start_kernel
+    install_kernelspec(tmp_path, name="mpi-views")
+    km, kc = start_kernel("mpi-views")
+    try:
+        run(kc, "import time\nfrom mpi_kernel import Client\nrc = Client()\nlview = rc.load_balanced_view()\n"
+                "ar = lview.map_async(time.sleep, [30] * 9)")
+        msg_id = kc.execute("ar.get()")
+        time.sleep(2.0)     # long enough for the progress bar
+        km.interrupt_kernel()
+        shown = []
+        while True:
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                shown.append(msg)
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+        assert any(m["msg_type"] == "display_data" and "application/vnd.jupyter.widget-view+json"
+                   in m["content"]["data"] for m in shown), "no progress bar"
+        assert [m["content"]["ename"] for m in shown if m["msg_type"] == "error"] == ["KeyboardInterrupt"]
+        status, out = run(kc, "try:\n    ar.get(timeout=10)\nexcept Exception as exc:\n    print(exc)")
+        text = ANSI.sub("", "".join(o.get("text", "") for o in out))
+        assert "KeyboardInterrupt in tasks 0-2 on ranks 0-2; KeyboardInterrupt in tasks 3-8" in text, text
+        assert text.count("cancelled while queued; it did not run") == 1   # merged: tasks 3-8
+        status, out = run(kc, "rc[:].apply_sync(lambda: rank)")
+        assert status == "ok" and out[-1]["data"]["text/plain"] == "[0, 1, 2]"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
