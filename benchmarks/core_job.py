@@ -87,6 +87,16 @@ def throughput(client: MPICommandClient, count: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def lb_map(client: MPICommandClient, count: int) -> float:
+    """Tasks/s of a load-balanced map of trivial tasks (chunksize 1, as the peers are run)."""
+    from mpi_kernel import Client
+    view = Client(client).load_balanced_view()
+    view.map_sync(abs, range(100))  # warm-up
+    t0 = time.perf_counter()
+    view.map_sync(abs, range(count))
+    return count / (time.perf_counter() - t0)
+
+
 def idle_cpu(client: MPICommandClient, seconds: float) -> list[float]:
     pids = [s["pid"] for s in client.get_server_status().values()] + [os.getpid()]
 
@@ -112,6 +122,7 @@ def main() -> None:
     out["roundtrip"] = summarize(timed(lambda: client.push_command_request("1+1", True, [0]), reps, 200))
     out["fanout"] = summarize(timed(lambda: client.push_command_request("1+1", True, servers), reps, 50))
     out["throughput_per_s"] = throughput(client, max(reps, 3000))
+    out["lb_map_per_s"] = lb_map(client, 10_000 if reps >= 1000 else 1_000)
     for label, nbytes in (("1MB", 10**6), ("100MB", 10**8)):
         array = np.ones(nbytes, dtype=np.uint8)
         n = max(3, reps // (10 if nbytes < 10**8 else 200))

@@ -64,6 +64,11 @@ def ipyparallel(reps: int) -> dict:
         out["apply_one"] = summarize(timed(lambda: rc[0].apply_sync(lambda: 1 + 1), reps, warmup=20))
         view = rc[:]
         out["execute_all"] = summarize(timed(lambda: view.execute("1+1", block=True), reps, warmup=20))
+        lview = rc.load_balanced_view()
+        lview.map_sync(abs, range(50))
+        t0 = time.perf_counter()
+        lview.map_sync(abs, range(1000))  # chunksize 1, its default
+        out["lb_map_per_s"] = 1000 / (time.perf_counter() - t0)
     finally:
         cluster.stop_cluster_sync()
     return out

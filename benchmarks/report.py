@@ -23,6 +23,9 @@ def rows(results: dict) -> list[dict]:
         _row("non-blocking throughput, 3 servers", core["throughput_per_s"], "commands/s", None, "",
              None, ">= 30000", core["throughput_per_s"] >= 30000),
     ]
+    if "lb_map_per_s" in core:
+        out.append(_row("load-balanced map of trivial tasks, 3 servers", core["lb_map_per_s"], "tasks/s",
+                        None, "", None, ">= 20000", core["lb_map_per_s"] >= 20000))
     for label in ("1MB", "100MB"):
         nbytes = core[f"bytes_{label}"]
         raw = nbytes / med(f"raw_send_{label}") / 1e3  # GB/s
@@ -99,6 +102,14 @@ def peer_rows(results: dict) -> list[dict]:
             _row("throughput vs mpi4py.futures map (3 workers)", core["throughput_per_s"], "commands/s",
                  fut["map_per_s"], "mpi4py.futures", core["throughput_per_s"] / fut["map_per_s"], "", None),
         ]
+        if "lb_map_per_s" in core:  # both chunksize 1
+            ratio = core["lb_map_per_s"] / fut["map_per_s"]
+            out.append(_row("load-balanced map vs mpi4py.futures map", core["lb_map_per_s"], "tasks/s",
+                            fut["map_per_s"], "mpi4py.futures", ratio, ">= 2x", ratio >= 2))
+    if "error" not in ipp and "lb_map_per_s" in ipp and "lb_map_per_s" in core:
+        ratio = core["lb_map_per_s"] / ipp["lb_map_per_s"]
+        out.append(_row("load-balanced map vs ipyparallel LoadBalancedView.map", core["lb_map_per_s"],
+                        "tasks/s", ipp["lb_map_per_s"], "ipyparallel", ratio, ">= 20x", ratio >= 20))
     return out
 
 
