@@ -143,6 +143,9 @@ class MPIMagics(Magics):
         if not args.block:
             name = args.out or "_"
             self.pending[name] = (ids, args.out is not None)
+            if args.out:  # ipyparallel's %%px --noblock -o: NAME.get() waits; %pxresult works too
+                self.shell.user_ns[args.out] = AsyncResult(self.client, ids, _cell_values, "ranks",
+                                                           keep_records=True)
             print(f"[px] running as request{'s' if len(ids) > 1 else ''} {format_ranks(ids)}; "
                   f"%pxresult{'' if name == '_' else ' ' + name} shows the results")
             return
@@ -358,9 +361,7 @@ class MPIMagics(Magics):
             if r["successful"] and r["ret"] is not None:
                 show.show_result(r["server"], count, r["ret"])
         if out is not None:  # as ipyparallel's %%px -o: .get() in rank order, .get_dict() by rank
-            self.shell.user_ns[out] = AsyncResult.done(
-                ordered, lambda values: [(v or {}).get("value") if isinstance(v, dict) else v
-                                         for v in values], "ranks")
+            self.shell.user_ns[out] = AsyncResult.done(ordered, _cell_values, "ranks")
         failed = [r for r in responses if not r["successful"]]
         if failed or note:
             raise show.RemoteError(failed, note)
@@ -510,6 +511,11 @@ def _reported() -> Iterator[None]:
         raise show.RemoteError(exc.responses) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _cell_values(rets: list) -> list:
+    """A %%px cell's results: each rank's last-expression value (None without one)."""
+    return [(ret or {}).get("value") if isinstance(ret, dict) else ret for ret in rets]
 
 
 def _not_stopped(ranks: list[int], advice: list[tuple[str, bool]]) -> list[str]:

@@ -55,13 +55,15 @@ class AsyncResult:
     """Requests in flight: `get`, `wait`, `ready`, `successful`, `progress`, `elapsed`."""
 
     def __init__(self, client: Any, ids: list[int], finish: Finish, label: str = "tasks",
-                 tasks: list[int] | None = None, cleanup: Callable[[], None] | None = None) -> None:
+                 tasks: list[int] | None = None, cleanup: Callable[[], None] | None = None,
+                 keep_records: bool = False) -> None:
         self._client = client
         self.msg_ids = ids
         self._finish = finish
         self._label = label
         self._tasks = tasks or list(range(len(ids)))  # the task index of each request
         self._cleanup = cleanup
+        self._keep_records = keep_records  # another reader needs them (%pxresult)
         self._responses: dict[int, dict] = {}
         self._submitted = time.monotonic()
         self._done_at: float | None = None
@@ -84,7 +86,8 @@ class AsyncResult:
         got = self._client.get_command_response(pending, False, False)
         for response in got:
             self._responses[response["id"]] = response
-        self._client.forget([r["id"] for r in got])
+        if not self._keep_records:
+            self._client.forget([r["id"] for r in got])
         if len(self._responses) == len(self.msg_ids) and self._done_at is None:
             self._done_at = time.monotonic()
             if self._cleanup is not None:

@@ -130,6 +130,12 @@ def test_noblock_and_pxresult(kc):
     assert status == "ok" and "Out[1:" in text_of(out)
     status, out = run(kc, "res.get_dict()")
     assert out[-1]["data"]["text/plain"] == "{0: 100, 1: 101, 2: 102}"
+    # ipyparallel's way: the AsyncResult is there at once, and %pxresult still works after it
+    status, out = run(kc, "%%px --noblock -o ar\nimport time\ntime.sleep(0.3)\nrank * 2")
+    status, out = run(kc, "ar.get(timeout=30), ar.progress, ar.ready()")
+    assert out[-1]["data"]["text/plain"] == "([0, 2, 4], 3, True)"
+    status, out = run(kc, "%pxresult ar")
+    assert status == "ok" and "Out[2:" in text_of(out)
 
 
 def test_push_and_pull_line_and_cell_forms(kc):
