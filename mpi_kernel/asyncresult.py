@@ -66,7 +66,7 @@ class AsyncResult:
         self._keep_records = keep_records  # another reader needs them (%pxresult)
         self._responses: dict[int, dict] = {}
         self._submitted = time.monotonic()
-        self._done_at: float | None = None
+        self._done_at: float | None = None if ids else self._submitted  # a map of nothing is done
 
     @classmethod
     def done(cls, responses: list[dict], finish: Finish, label: str = "tasks") -> "AsyncResult":

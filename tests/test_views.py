@@ -39,6 +39,7 @@ def test_load_balanced_map_spreads_tasks_and_keeps_order(job):
         res = ar.get(timeout=60)
         unordered = lview.map_sync(lambda x: x, range(20), ordered=False, chunksize=3)
         single = lview.apply_sync(pow, 2, 10)
+        assert lview.map_sync(abs, []) == [] and rc[:].map_sync(abs, []) == []
         print(json.dumps([[r[0] for r in res], sorted({r[1] for r in res}), sorted(unordered), single,
                           ar.ready(), ar.elapsed > 0]))
     """)
