@@ -28,6 +28,7 @@ from .targets import parse_targets
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
 BUSY_NOTICE_AFTER = 1.0  # seconds a server has been busy before a new cell says it waits for it
 LOCAL_FAILED_WAIT = 5.0  # seconds the servers get to finish once the client's part of --local failed
+STOP_WAIT = 3.0  # seconds after Stop before the cell says which ranks did not stop, and why
 # The --targets option of the magics that move variables (no "any": they need definite ranks).
 _DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
 _VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out", "-o", "--progress-after"}
@@ -229,7 +230,7 @@ class MPIMagics(Magics):
             # The kernel's interrupt already reached the servers; make sure, then collect.
             self._stop(ids)
             try:
-                answered = self.client.wait(ids, timeout=5)
+                answered = self.client.wait(ids, timeout=STOP_WAIT)
             except KeyboardInterrupt:
                 raise show.PxInterrupted(f"interrupted again: stopped waiting for "
                                          f"{show.ranks_word(self._waiting(ids))}; output they write from "

@@ -3,7 +3,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.timeout(320)  # the run has its own 300 s limit; a first run also builds caches
 def test_benchmarks_quick_run_writes_results(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
@@ -17,6 +20,7 @@ def test_benchmarks_quick_run_writes_results(tmp_path):
     assert "| eval round trip, 1 server |" in proc.stdout
 
 
+@pytest.mark.timeout(320)
 def test_fault_matrix_quick_run(tmp_path):
     """The fault-matrix record still runs; every case leaves a usable kernel and no processes."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--quick", "--out", str(tmp_path)],
