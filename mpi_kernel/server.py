@@ -109,6 +109,7 @@ class MPICommandServer:
         self._current: tuple[int, str, float] | None = None  # (id, command, start time)
         self._world_group: Any = None  # COMM_WORLD's group, made on the first stack report
         self._armed = False  # True only while user code runs: SIGINT may raise then
+        self._interrupt_for: int | None = None  # the request an interrupt was sent for
         self._serving = False
         self._main = threading.main_thread().ident
         self.capture = OutputCapture(self._send_stream)
@@ -281,7 +282,7 @@ class MPICommandServer:
         if code is None:
             code = compile(command, self._source_name(command), mode)
             self._codes.put((command, mode), code, len(command))
-        self._armed = True
+        self._arm()
         try:
             return eval(code, self.namespace)
         finally:
@@ -292,7 +293,7 @@ class MPICommandServer:
         if function is None:
             function = _interactive(transport.loads_function(blob), self.namespace)
             self._functions.put(blob, function, len(blob))
-        self._armed = True
+        self._arm()
         try:
             return [function(*args, **kwargs) for args, kwargs in calls]
         finally:
@@ -300,7 +301,7 @@ class MPICommandServer:
 
     def _execute_cell(self, source: str, options: dict) -> Any:
         body, last = self.cells.compile(source)
-        self._armed = True
+        self._arm()
         try:
             value = self.cells.run(body, last)
         finally:
@@ -350,12 +351,29 @@ class MPICommandServer:
         """Called by the monitor thread: interrupt the running command (if it is `request_id`)."""
         current = self._current
         if current is not None and request_id in (None, current[0]):
+            self._interrupt_for = current[0]
             pthread_interrupt(self._main)
 
+    def _interrupted(self) -> bool:
+        """True once for the request an interrupt was sent for (one KeyboardInterrupt each)."""
+        current = self._current
+        if current is None or current[0] != self._interrupt_for:
+            return False
+        self._interrupt_for = None
+        self._armed = False
+        return True
+
+    def _arm(self) -> None:
+        """User code starts. An interrupt that came while the request was being prepared
+        (compiled, unpickled, IPython loaded) takes effect now instead of being lost."""
+        self._armed = True
+        if self._interrupted():
+            raise KeyboardInterrupt
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        # One KeyboardInterrupt per command at most, and only inside user code.
-        if self._armed:
-            self._armed = False
+        # Only inside user code: elsewhere the interrupt waits for _arm (or for nothing,
+        # if its request has ended).
+        if self._armed and self._interrupted():
             raise KeyboardInterrupt
 
 
