@@ -269,22 +269,18 @@ class MPICommandClient(Configurable):
             return self._submit(protocol.CELL, source, protocol.CELL, None,
                                 {"value": want_value, "local": local}, targets)
 
-    def call(self, function_blob: bytes, calls: list[tuple[tuple, dict]], target: Any = None,
+    def call(self, function_blob: bytes, tasks: list[tuple[int | None, list[tuple[tuple, dict]]]],
              label: str = "<call>") -> list[int]:
-        """Queue a view's task: the pickled function (transport.dumps_function) called on each
-        (args, kwargs) of `calls`; the response's `ret` is the list of results. `target` as in
-        push_command_request (None: the first idle server)."""
-        with transport.DeferredSigint():
-            return self._submit(protocol.CALLS, label, protocol.CALLS, None, (function_blob, calls), target)
-
-    def call_each(self, function_blob: bytes, tasks: list[list[tuple[tuple, dict]]],
-                  label: str = "<call>") -> list[int]:
-        """`call` for many tasks at once, each to the first idle server (a load-balanced map):
-        one request per task, queued together."""
+        """Queue a view's tasks, one request each, together: (server, or None for the first
+        idle one; the (args, kwargs) to call the pickled function on, from
+        transport.dumps_function). Each response's `ret` is the list of its calls' results."""
         self._require_running()
+        ranks = sorted({rank for rank, _ in tasks if rank is not None})
+        if ranks:
+            protocol.check_targets(ranks, self._servers)
         with transport.DeferredSigint():
             return self._queue(protocol.CALLS, label, protocol.CALLS, None,
-                               [(None, (function_blob, calls)) for calls in tasks])
+                               [(rank, (function_blob, calls)) for rank, calls in tasks])
 
     def wait(self, ids: Iterable[int], timeout: float | None = None) -> bool:
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
@@ -427,6 +423,7 @@ class MPICommandClient(Configurable):
                 if self._monitor.table[rank].timeout:
                     raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
                                        f"for {self.server_timeout:g} s); choose another target")
+            per_task = len({id(payload) for _, payload in items}) > 1  # name the task that fails
             encoded, ids = [], []
             for n, (rank, payload) in enumerate(items):
                 request_id = next(self._ids)
@@ -435,7 +432,7 @@ class MPICommandClient(Configurable):
                     encoded.append(transport.encode(protocol.make_request(kind, request_id, command,
                                                                           mode, payload)))
                 except Exception as exc:
-                    which = f" (task {n})" if len(items) > 1 and items[0][1] is not payload else ""
+                    which = f" (task {n})" if per_task else ""
                     raise TypeError(f"cannot send {command!r}{which} to the servers: a value in it "
                                     f"cannot be pickled ({type(exc).__name__}: {exc})") from exc
             for (rank, _), message, request_id in zip(items, encoded, ids):

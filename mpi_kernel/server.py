@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import Any
 
 from . import environment, logs, memory, protocol, stuck, transport, usercomm
+from .bounded import BoundedCache, SourceKeeper
 from .monitor import MonitorServer, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
-from .bounded import BoundedCache, SourceKeeper
 from .rich import CellRunner, source_hash
 
 log = logging.getLogger("mpi_kernel.server")
@@ -261,12 +261,15 @@ class MPICommandServer:
         self._current = (request_id, command, start)
         self.capture.begin(request_id)
         ret, ok, tb = None, True, None
+        local = bool(cell and cell.get("local"))
         try:
-            with self.worlds.world(bool(cell and cell.get("local"))):
-                ret = body()
+            if local:
+                self.worlds.select(True)
+            ret = body()
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
             ok, tb = False, self._format_traceback(exc, command, cell is not None)
         finally:
+            self.worlds.select(False)  # also undoes a user's own MPI.COMM_WORLD = ...
             if params:  # parameters live for one command only (guide 5.4)
                 for key in params:
                     namespace.pop(key, None)

@@ -5,7 +5,7 @@ reported, and an MPI.Finalize that refuses.
   same communicator as `comm`), exactly as if the code were a program run with
   `mpiexec -n N-1`: the client never joins a plain cell's collectives, so the real world
   would hang them. In a `%%px --local` cell, which the client runs too, it is the whole
-  job. `world(local)` switches it around each request. Code that takes `MPI.COMM_WORLD`
+  job. `Worlds.select(local)` switches it for each request. Code that takes `MPI.COMM_WORLD`
   when it runs (h5py's mpio driver, mpi4py-fft, `mpi4py.util.pkl5`) gets the same
   world; a communicator kept from a --local cell is still the whole job's.
 
@@ -21,12 +21,11 @@ reported, and an MPI.Finalize that refuses.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import sys
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, NoReturn
 
 from mpi4py import MPI
 
@@ -81,14 +80,10 @@ class Worlds:
         self.servers = UserComm(servers) if servers != MPI.COMM_NULL else None
         self.plain = self.servers or self.job
 
-    @contextlib.contextmanager
-    def world(self, local: bool) -> Iterator[None]:
-        """MPI.COMM_WORLD for one request: the whole job in a --local cell, else the plain one."""
+    def select(self, local: bool) -> None:
+        """MPI.COMM_WORLD for the next request: the whole job in a --local cell, else the
+        plain one (a plain assignment: this is on every request's path)."""
         MPI.COMM_WORLD = self.job if local else self.plain
-        try:
-            yield
-        finally:
-            MPI.COMM_WORLD = self.plain
 
 
 worlds: Worlds | None = None

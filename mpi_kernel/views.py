@@ -87,12 +87,17 @@ class _View:
         """One request per task: `f`, pickled once, called on the task's argument tuples."""
         blob = transport.dumps_function(f)
         name = f"<{getattr(f, '__name__', 'function')}>"
-        if all(target is None for target in targets):  # load-balanced: queued in one go
-            ids = self.client.call_each(blob, [calls for _, calls in tasks], name)
-        else:
-            ids = [i for (_, calls), target in zip(tasks, targets)
-                   for i in self.client.call(blob, calls, target, name)]
+        ids = self.client.call(blob, [(target, calls) for (_, calls), target in zip(tasks, targets)], name)
         return AsyncResult(self.client, ids, finish, label, [t for t, _ in tasks])
+
+    def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+        return self._result(self.apply_async(f, *args, **kwargs), None)
+
+    def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(f, *args, **kwargs).get()
+
+    def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
+        raise NotImplementedError
 
 
 class DirectView(_View):
@@ -107,20 +112,13 @@ class DirectView(_View):
         return values[0] if self._one else values
 
     def execute(self, code: str, block: bool | None = None) -> Any:
-        ids = [i for rank in self._ranks for i in self.client.push_command_request(code, False, rank)]
+        ids = self.client.push_command_request(code, False, self._ranks)
         return self._result(AsyncResult(self.client, ids, lambda v: None, "executes", self._ranks), block)
-
-    def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self._result(self.apply_async(f, *args, **kwargs), None)
-
-    def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(f, *args, **kwargs).get()
 
     def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
         tasks = [(rank, [(args, kwargs)]) for rank in self._ranks]
         return self._calls(f, "calls", tasks, self._ranks,
-                           lambda values: self._per_target([v if isinstance(v, Exception) else v[0]
-                                                            for v in values]))
+                           lambda values: self._per_target([_only(v) for v in values]))
 
     def map(self, f: Callable, *sequences: Iterable, block: bool | None = None) -> Any:
         return self._result(self.map_async(f, *sequences), block)
@@ -164,15 +162,8 @@ class LoadBalancedView(_View):
     def __init__(self, rc: Client, block: bool | None = None) -> None:
         super().__init__(rc, None, block)
 
-    def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self._result(self.apply_async(f, *args, **kwargs), None)
-
-    def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(f, *args, **kwargs).get()
-
     def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self._calls(f, "tasks", [(0, [(args, kwargs)])], [None],
-                           lambda values: values[0] if isinstance(values[0], Exception) else values[0][0])
+        return self._calls(f, "tasks", [(0, [(args, kwargs)])], [None], lambda values: _only(values[0]))
 
     def map(self, f: Callable, *sequences: Iterable, block: bool | None = None, ordered: bool = True,
             chunksize: int = 1) -> Any:
@@ -196,6 +187,11 @@ class LoadBalancedView(_View):
 
     def __repr__(self) -> str:
         return "<LoadBalancedView>"
+
+
+def _only(task: Any) -> Any:
+    """The result of a task of one call (its list of one), or its error (return_exceptions)."""
+    return task if isinstance(task, Exception) else task[0]
 
 
 def _concatenate(parts: list) -> list:
