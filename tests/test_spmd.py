@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PMIX_FLAKE
 from kernel_helpers import ANSI, error_text, install_kernelspec, run, start_kernel
 
 RANKS = 4   # 3 servers and the client
@@ -28,16 +29,11 @@ PER_RANK = ("import os, runpy, sys\n"
             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
 
 
-# Open MPI's launcher now and then fails to start at all (a race in PMIx's listener thread,
-# openpmix/openpmix#112; lfortran/lfortran#8610 meets it in CI too): the baseline run tries again.
-PMIX_FLAKE = "PMIx server's listener thread failed to start"
-
-
 def under_mpiexec(program: Path, n: int, tmp_path: Path) -> dict[int, list[str]]:
     out = tmp_path / f"{program.stem}-{n}"
     out.mkdir()
     command = [MPIEXEC, "-n", str(n), sys.executable, "-c", PER_RANK, str(out), str(program)]
-    for attempt in range(3):
+    for _ in range(3):  # see conftest.PMIX_FLAKE
         proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if proc.returncode == 0 or PMIX_FLAKE not in proc.stderr:
             break
