@@ -10,6 +10,7 @@ import dataclasses
 import os
 import socket
 import sys
+import time
 
 import mpi4py
 
@@ -134,4 +135,7 @@ def abort(code: int = 1) -> None:
     launchers do not end ranks on other hosts when one rank just exits."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # The launcher reads our output from a pipe; its teardown after MPI_Abort can kill the
+    # forwarder before it has passed on the last lines (which say why the job ends).
+    time.sleep(0.2)
     (_current.world if _current is not None else MPI.COMM_WORLD).Abort(code)
