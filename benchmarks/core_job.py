@@ -43,6 +43,15 @@ for _ in range(n):
     W.Recv(buf, source=client, tag=77)
     W.send(None, dest=client, tag=77)
 """
+SERVER_BCAST = """
+import numpy as np
+from mpi_kernel import job_world
+W = job_world()
+for _ in range(n):
+    buf = np.empty(nbytes, dtype=np.uint8)
+    W.Bcast(buf, root=client)
+    W.send(None, dest=client, tag=77)   # as a push's response says it has arrived
+"""
 
 
 def raw_pingpong(client: MPICommandClient, servers: list[int], reps: int, polite: bool) -> list[float]:
@@ -74,6 +83,21 @@ def raw_send(client: MPICommandClient, array: np.ndarray, reps: int) -> list[flo
         WORLD.recv(source=0, tag=TAG)
 
     samples = timed(once, reps, warmup=2)
+    client.get_command_response(ids, True)
+    return samples
+
+
+def raw_bcast(client: MPICommandClient, servers: list[int], array: np.ndarray, reps: int) -> list[float]:
+    """MPI_Bcast of the array from the client to every server, each acknowledging."""
+    ids = client.push_command_request(SERVER_BCAST, False, servers, {"n": reps + 1, "client": ME,
+                                                                     "nbytes": array.nbytes})
+
+    def once() -> None:
+        WORLD.Bcast(array, root=ME)
+        for s in servers:
+            WORLD.recv(source=s, tag=TAG)
+
+    samples = timed(once, reps, warmup=1)
     client.get_command_response(ids, True)
     return samples
 
@@ -129,6 +153,7 @@ def main() -> None:
         out[f"raw_send_{label}"] = summarize(raw_send(client, array, n))
         out[f"push_{label}_one"] = summarize(timed(lambda: client.push({"a": array}, [0]), n, 1))
         out[f"push_{label}_all"] = summarize(timed(lambda: client.push({"a": array}, servers), n, 1))
+        out[f"raw_bcast_{label}"] = summarize(raw_bcast(client, servers, array, n))
         out[f"bytes_{label}"] = nbytes
         client.push_command_request("a = None", True, servers)
     out["idle_cpu_percent"] = idle_cpu(client, idle_seconds)

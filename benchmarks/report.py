@@ -35,6 +35,11 @@ def rows(results: dict) -> list[dict]:
             out.append(_row(f"push {label} array to {target} server{'s' if factor > 1 else ''}", ours,
                             "GB/s", raw, "raw comm.Send to one server", ours / raw,
                             ">= 0.5x" if goal else "", (ours / raw >= 0.5) if goal else None))
+        if f"raw_bcast_{label}" in core:  # the same array to all servers, by MPI_Bcast
+            bcast, push = med(f"raw_bcast_{label}"), med(f"push_{label}_all")  # us
+            out.append(_row(f"push {label} array to all servers vs raw comm.Bcast", nbytes / push / 1e3,
+                            "GB/s", nbytes / bcast / 1e3, "raw comm.Bcast, same array", bcast / push,
+                            ">= 0.5x", bcast / push >= 0.5))
     idle = max(core["idle_cpu_percent"])
     out.append(_row("idle CPU, busiest of 4 ranks", idle, "% of a core", None, "", None, "<= 1%", idle <= 1.0))
     ms = lambda d, key: d[key]["median_us"] / 1e3  # noqa: E731

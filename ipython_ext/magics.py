@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Float
+from traitlets import Float, Int, Unicode, default
 
 from mpi_kernel.asyncresult import AsyncResult
 from mpi_kernel.client import MPICommandClient, ServerError
@@ -22,7 +22,8 @@ from mpi_kernel.protocol import format_ranks
 from mpi_kernel.stuck import explain
 
 from . import display as show
-from .monitor import MonitorUpdater, show_monitor
+from .cellout import CellOutput, Pacer, Spill, default_output_dir
+from .monitor import TILE_UP_TO, MonitorUpdater, show_monitor, summary
 from .targets import parse_targets
 
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
@@ -31,7 +32,8 @@ LOCAL_FAILED_WAIT = 5.0  # seconds the servers get to finish once the client's p
 STOP_WAIT = 3.0  # seconds after Stop before the cell says which ranks did not stop, and why
 # The --targets option of the magics that move variables (no "any": they need definite ranks).
 _DEFINITE_TARGETS = argument("--targets", "-t", default="all", help="servers: all, 0, 0,2, 1-3 (default all)")
-_VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out", "-o", "--progress-after"}
+_VALUE_OPTIONS = {"--targets", "-t", "--timeout", "--group-outputs", "--out", "-o", "--progress-after",
+                  "--max-lines"}
 
 
 @magics_class
@@ -39,6 +41,13 @@ class MPIMagics(Magics):
     progress_after = Float(1.0, help="Seconds a %%px cell runs before its progress line appears. "
                                      "The line is one more output of the cell, so test runs that "
                                      "compare outputs (nbval) may set inf to turn it off.").tag(config=True)
+    max_lines = Int(1000, help="Lines of output a %%px cell shows per rank (0: all); the rest goes "
+                               "to a file in output_dir, and the cell says where.").tag(config=True)
+    output_dir = Unicode(help="Where the output a cell did not show is written.").tag(config=True)
+
+    @default("output_dir")
+    def _output_dir_default(self) -> str:
+        return default_output_dir()
 
     def __init__(self, shell: Any, client: MPICommandClient) -> None:
         super().__init__(shell)
@@ -46,9 +55,11 @@ class MPIMagics(Magics):
         self.events: collections.deque = collections.deque()   # filled by the pumping thread
         self.deferred: dict[int, list] = {}                     # displays of --noblock requests
         self.pending: dict[str, tuple[list[int], bool]] = {}    # %pxresult NAME -> (ids, want value)
-        self.defaults: dict[str, Any] = {"targets": "all", "block": True, "verbose": False}  # %pxconfig
+        self.defaults: dict[str, Any] = {"targets": "all", "block": True, "verbose": False,  # %pxconfig
+                                         "merge": True}
         self.autopx = False
         self.printer = show.StreamPrinter()
+        self.cell_out: CellOutput | None = None  # the running cell's output (_cell_output)
         self.monitor = MonitorUpdater(client.get_server_status)
         client.stream_callback = lambda *event: self.events.append(("stream", *event))
         client.display_callback = lambda *event: self.events.append(("display", *event))
@@ -74,6 +85,11 @@ class MPIMagics(Magics):
                    "end; type: all stdout, then all stderr, at the end")
     @argument("--verbose", action="store_true", default=None,
               help="say where the cell runs and how long it took")
+    @argument("--merge", dest="merge", action="store_true", default=None,
+              help="show identical output of several ranks once, as [stdout:0-63] (the default)")
+    @argument("--no-merge", dest="merge", action="store_false", help="show every rank's output separately")
+    @argument("--max-lines", type=int, default=None,
+              help="lines shown per rank (default MPIMagics.max_lines, 1000; 0: all); the rest goes to a file")
     @argument("--out", "-o", default=None,
               help="store the cell's AsyncResult in this variable (.get(), .get_dict())")
     @argument("statement", nargs="*", help="with %%px: the statement to run")
@@ -110,6 +126,8 @@ class MPIMagics(Magics):
             raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
         if getattr(args, "progress_after", None) is not None and not args.progress_after >= 0:
             raise UsageError(f"--progress-after must be a number of seconds, not {args.progress_after:g}")
+        if getattr(args, "max_lines", None) is not None and args.max_lines < 0:
+            raise UsageError(f"--max-lines must be 0 (no limit) or more, not {args.max_lines}")
         if getattr(args, "out", None) is not None and not args.out.isidentifier():
             raise UsageError(f"--out takes a variable name, not {args.out!r}")
         return args
@@ -156,15 +174,17 @@ class MPIMagics(Magics):
             # The client will not join the servers' collectives now: do not wait for ever.
             timeout, local = min(timeout or LOCAL_FAILED_WAIT, LOCAL_FAILED_WAIT), False
         started = time.monotonic()
+        out = self._cell_output(ids, args.group_outputs == "order", args.merge, args.max_lines)
         try:
-            self._wait(ids, timeout, args.group_outputs == "order", local, args.progress_after)
-            self._finish(ids, args.group_outputs, args.out)
+            self._wait(ids, timeout, out, local, args.progress_after)
+            self._finish(ids, args.group_outputs, args.out, out)
         except show.RemoteError as exc:
             if not local_ok:
                 exc.note = "\n".join(filter(None, [exc.note, f"The client's part (rank {self._client_rank}) "
                                                              f"failed too: its traceback is above."]))
             raise
         finally:
+            out.close()
             self.client.forget(ids)
         if not local_ok:  # only the client's part failed: the cell fails all the same
             raise show.PxError(f"%%px --local: the cell failed on the client (rank {self._client_rank}); "
@@ -185,7 +205,18 @@ class MPIMagics(Magics):
             args.group_outputs = "order" if args.stream else "engine"
         if args.progress_after is None:
             args.progress_after = self.progress_after
+        if args.max_lines is None:
+            args.max_lines = self.max_lines
         return args
+
+    def _cell_output(self, ids: list[int], live: bool, merge: bool, max_lines: int,
+                     from_events: bool = True) -> CellOutput:
+        """The cell's output streams, with a fresh printer (no line is left open) paced to
+        stay under the IOPub data rate limit."""
+        self.printer = show.StreamPrinter(Pacer())
+        spill = Spill(self.output_dir, f"px-cell-{self.shell.execution_count}-{ids[0]}.txt")
+        self.cell_out = CellOutput(range(len(ids)), live, merge, max_lines, spill, from_events)
+        return self.cell_out
 
     @property
     def _client_rank(self) -> int:
@@ -205,18 +236,17 @@ class MPIMagics(Magics):
                       f"running {status['elapsed'] or 0:.1f} s): this cell starts there when it ends. "
                       f"Stop or --timeout end the wait.", flush=True)
 
-    def _wait(self, ids: list[int], timeout: float | None, live: bool, local: bool,
+    def _wait(self, ids: list[int], timeout: float | None, out: CellOutput, local: bool,
               progress_after: float | None = None) -> None:
         """Wait for `ids`, showing live output and progress; handle Ctrl-C and --timeout."""
         after = self.progress_after if progress_after is None else progress_after
         progress = show.ProgressLine(len(ids), after=after)
-        self.printer = show.StreamPrinter()  # a fresh cell: no line is left open
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         next_look = DIAGNOSE_AFTER
         try:
             while not self.client.wait(ids, timeout=slice_):
                 slice_ = 0.1
-                self._drain(ids, live)
+                self._drain(ids)
                 waiting = self._waiting(ids)
                 elapsed = time.monotonic() - progress.start
                 if timeout is not None and elapsed > timeout:
@@ -236,11 +266,11 @@ class MPIMagics(Magics):
                                          f"{show.ranks_word(self._waiting(ids))}; output they write from "
                                          f"now on shows in a later %%px cell") from None
             if not answered:
-                self._drain(ids, live)
+                self._drain(ids)
                 progress.close()
-                self._finish(ids, "order", None, self._stuck_note(ids, local))
+                self._finish(ids, "order", None, out, self._stuck_note(ids, local))
         finally:
-            self._drain(ids, live)
+            self._drain(ids)
             progress.close()
 
     def _waiting(self, ids: list[int]) -> list[int]:
@@ -273,7 +303,7 @@ class MPIMagics(Magics):
         if waiting:
             self.client.interrupt(waiting)
         self.client.wait(ids, timeout=3)
-        self._drain(ids, True)
+        self._drain(ids)
         if waiting:
             lines = [f"%%px --timeout {timeout:g} s expired; still busy: {show.ranks_word(waiting)}"]
         else:
@@ -307,62 +337,75 @@ class MPIMagics(Magics):
             return ""
         return "\n".join(_not_stopped(stuck, self._diagnosis(stuck, local)[0]))
 
-    def _drain(self, ids: list[int], live: bool) -> None:
-        """Show the output events of `ids`, output written on a server between commands
-        (a thread a cell started) and late output of cells that have ended (a server that
-        timed out, then recovered); keep what --noblock cells write for %pxresult.
+    def _drain(self, ids: list[int]) -> None:
+        """Show the output events of `ids` (through the cell's CellOutput: capped, merged),
+        output written on a server between commands (a thread a cell started) and late
+        output of cells that have ended (a server that timed out, then recovered); keep
+        what --noblock cells write for %pxresult.
 
-        Each batch (what arrived since the last look, 0.1 s at most) is shown in rank
+        Each batch (what arrived since the last look, 0.1 s at most) is taken in rank
         order, keeping each rank's own order: a quick cell's output then reads the same
         every time, whichever server answered first.
         """
+        out = self.cell_out
         batch = []
         background = {i for pending, _ in self.pending.values() for i in pending}
         while self.events:
             event = self.events.popleft()
             kind, server, request_id, *rest = event
-            if request_id in background and request_id not in ids or (kind == "display" and not live
-                                                                      and request_id in ids):
+            mine = request_id in ids
+            if (request_id in background and not mine) or (kind == "display" and mine and not out.live):
                 if kind == "display":  # shown by _finish, in rank order (%pxresult, --no-stream)
                     self.deferred.setdefault(request_id, []).append((server, *rest))
                 continue  # %pxresult shows streams from the responses
             batch.append(event)
-        shown = False
-        for kind, server, _, *rest in sorted(batch, key=lambda event: event[1]):
-            if kind == "stream":
-                if live:
-                    self.printer.write(server, *rest)
-                    shown = True
-            else:
-                show.show_display(server, rest[0], rest[1])
-        if shown:
+        now = time.monotonic()
+        pieces, displays = [], []
+        for kind, server, request_id, *rest in sorted(batch, key=lambda event: event[1]):
+            if kind == "display":
+                displays.append((server, rest[0], rest[1]))
+            elif request_id in ids:
+                if out.from_events:
+                    pieces += out.stream(server, rest[0], rest[1], now)
+            else:  # between commands, or a late answer: as it comes
+                pieces.append(((server,), rest[0], rest[1]))
+        pieces += out.merger.flush() if displays else out.due(now)  # lines before a display stay before it
+        self._show(pieces)
+        for ranks, data, metadata in self._merged_displays(displays, out.merge):
+            show.show_display(ranks, data, metadata)
+
+    def _show(self, pieces: list) -> None:
+        for ranks, name, text in pieces:
+            self.printer.write(ranks, name, text)
+        if pieces:
             show.flush()
 
-    def _finish(self, ids: list[int], group: str, out: str | None, note: str = "") -> None:
+    @staticmethod
+    def _merged_displays(displays: list[tuple[int, dict, dict]], merge: bool) -> list:
+        if merge:
+            return show.merge_displays(displays)
+        return [((rank,), data, metadata) for rank, data, metadata in displays]
+
+    def _finish(self, ids: list[int], group: str, name: str | None, out: CellOutput,
+                note: str = "") -> None:
         """Show results (and grouped output); store --out; raise if any rank failed
         (or, with `note`, if some never answered)."""
         responses = [_for_the_cell(r) for r in self.client.get_command_response(ids, False, False)]
-        for request_id in ids:
-            for server, data, metadata, *_ in self.deferred.pop(request_id, []):
-                show.show_display(server, data, metadata)
-        ordered = sorted(responses, key=lambda r: r["server"])
-        if group == "engine":  # each rank's output together
-            for r in ordered:
-                for name in ("stdout", "stderr"):
-                    if r[name]:
-                        self.printer.write(r["server"], name, r[name])
-        elif group == "type":  # every rank's stdout, then every rank's stderr
-            for name in ("stdout", "stderr"):
-                for r in ordered:
-                    if r[name]:
-                        self.printer.write(r["server"], name, r[name])
+        deferred = [item for request_id in ids for item in self.deferred.pop(request_id, [])]
+        for ranks, data, metadata in self._merged_displays([d[:3] for d in deferred], out.merge):
+            show.show_display(ranks, data, metadata)
+        self._show(out.end(group))
         self.printer.end_lines()  # output without a final newline must not run into Out[...]
+        left_out = out.close()
+        if left_out:
+            print(left_out)
         count = self.shell.execution_count
-        for r in sorted(responses, key=lambda r: r["server"]):
-            if r["successful"] and r["ret"] is not None:
-                show.show_result(r["server"], count, r["ret"])
-        if out is not None:  # as ipyparallel's %%px -o: .get() in rank order, .get_dict() by rank
-            self.shell.user_ns[out] = AsyncResult.done(ordered, _cell_values, "ranks")
+        results = [(r["server"], r["ret"]) for r in responses if r["successful"] and r["ret"] is not None]
+        for ranks, ret in show.merge_results(results) if out.merge else [((k,), v) for k, v in sorted(results)]:
+            show.show_result(ranks, count, ret)
+        ordered = sorted(responses, key=lambda r: r["server"])
+        if name is not None:  # as ipyparallel's %%px -o: .get() in rank order, .get_dict() by rank
+            self.shell.user_ns[name] = AsyncResult.done(ordered, _cell_values, "ranks")
         failed = [r for r in responses if not r["successful"]]
         if failed or note:
             raise show.RemoteError(failed, note)
@@ -373,9 +416,13 @@ class MPIMagics(Magics):
     @argument("--noblock", dest="block", action="store_false", help="later cells return at once")
     @argument("--verbose", dest="verbose", action="store_true", default=None, help="later cells say where they ran")
     @argument("--no-verbose", dest="verbose", action="store_false", help="the default")
+    @argument("--merge", dest="merge", action="store_true", default=None,
+              help="later cells show identical output of several ranks once (the default)")
+    @argument("--no-merge", dest="merge", action="store_false", help="later cells show every rank separately")
     @line_magic
     def pxconfig(self, line: str) -> None:
-        """%pxconfig [--targets SPEC] [--block|--noblock] [--verbose|--no-verbose]: defaults of later %%px cells."""
+        """%pxconfig [--targets SPEC] [--block|--noblock] [--verbose|--no-verbose] [--merge|--no-merge]:
+        defaults of later %%px cells."""
         args = self._parse(self.pxconfig, line)
         if args.targets is not None:
             self._targets(args.targets)  # a UsageError now rather than in every later cell
@@ -393,11 +440,17 @@ class MPIMagics(Magics):
             known = ", ".join(sorted(n for n in self.pending if n != "_")) or "none"
             raise UsageError(f"no pending %%px --noblock results named {name!r} (named ones: {known})")
         ids, want_value = self.pending[name]
-        self._wait(ids, None, True, False)
+        # Its streams come from the responses: events of a --noblock cell are not kept.
+        out = self._cell_output(ids, False, self.defaults["merge"], self.max_lines, from_events=False)
+        self._wait(ids, None, out, False)
         del self.pending[name]
         try:
-            self._finish(ids, "engine", name if want_value else None)
+            for r in sorted(self.client.get_command_response(ids, False, False), key=lambda r: r["server"]):
+                for stream in ("stdout", "stderr"):
+                    out.stream(r["server"], stream, r[stream], 0.0)
+            self._finish(ids, "engine", name if want_value else None, out)
         finally:
+            out.close()
             self.client.forget(ids)
 
     @line_magic
@@ -487,12 +540,22 @@ class MPIMagics(Magics):
             return self.client.gather(args.name, targets)
 
     # -- status ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--all", action="store_true", help="list every rank, idle ones too, however many")
     @line_magic
     def mpi_status(self, line: str) -> None:
-        """%mpi_status: a table of the servers: rank, host, pid, state, command, elapsed."""
-        if line.strip():
-            raise UsageError("%mpi_status takes no arguments")
-        print(status_table(self.client.get_server_status()))
+        """%mpi_status [--all]: a one-line summary, then a table of the servers (rank, host, pid,
+        state, command, elapsed); beyond 16 ranks only those not idle, unless --all."""
+        args = self._parse(self.mpi_status, line)
+        status = self.client.get_server_status()
+        print(summary(status))
+        if args.all or len(status) <= TILE_UP_TO:
+            print(status_table(status))
+            return
+        active = {rank: s for rank, s in status.items() if s["state"] != "idle"}
+        if active:
+            print(status_table(active))
+        print(f"({len(status) - len(active)} idle ranks not listed: %mpi_status --all lists every rank)")
 
     @line_magic
     def mpi_monitor(self, line: str) -> None:

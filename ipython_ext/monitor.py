@@ -1,4 +1,5 @@
-"""%mpi_monitor: a live per-server busy/idle/timeout view, updated by a thread.
+"""%mpi_monitor: a live view of the servers (busy/idle/timeout), updated by a thread: a
+one-line summary, then a tile per server or, beyond 16 ranks, a grid of small squares.
 
 With ipywidgets it is an HTML widget whose value the thread sets. Without it,
 an HTML display is updated in place; those updates are sent with the parent
@@ -14,26 +15,70 @@ from typing import Any, Callable
 
 from IPython.display import HTML, display
 
+from mpi_kernel.protocol import format_ranks
+
 COLORS = {"idle": "#2e7d32", "busy": "#f9a825", "timeout": "#c62828"}
+TILE_UP_TO = 16  # ranks shown as labelled tiles; more as a grid of small squares
+
+
+def _first_line(command: str | None, width: int = 40) -> str:
+    lines = (command or "").strip().splitlines() or [""]
+    return lines[0][:width] + (" …" if len(lines) > 1 or len(lines[0]) > width else "")
+
+
+def summary(status: dict[int, dict]) -> str:
+    """One line for any number of ranks: "250 idle, 6 busy (ranks 4, 17, ...: 'train()',
+    up to 3.2 s), 0 timeout"."""
+    by_state: dict[str, list[int]] = {"idle": [], "busy": [], "timeout": []}
+    for rank, s in sorted(status.items()):
+        by_state[s["state"]].append(rank)
+    busy = by_state["busy"]
+    detail = ""
+    if busy:
+        shown = format_ranks(busy[:8]) + (", ..." if len(busy) > 8 else "")
+        commands = {_first_line(status[r].get("command")) for r in busy}
+        longest = max((status[r].get("elapsed") or 0.0) for r in busy)
+        what = repr(commands.pop()) if len(commands) == 1 else f"{len(commands)} commands"
+        detail = f" (rank{'s' if len(busy) > 1 else ''} {shown}: {what}, up to {longest:.1f} s)"
+    return (f"{len(by_state['idle'])} idle, {len(busy)} busy{detail}, "
+            f"{len(by_state['timeout'])} timeout")
+
+
+def _hover(rank: int, s: dict) -> str:
+    text = f"rank {rank} on {s.get('host') or '?'}: {s['state']}"
+    if s.get("command"):  # whole seconds: the grid is re-sent only when something changes
+        text += f", {_first_line(s['command'], 60)} ({s.get('elapsed') or 0.0:.0f} s)"
+    return html.escape(text, quote=True)
+
+
+# One style block per view instead of a style per square: 256 ranks are ~30 kB a refresh.
+_GRID_STYLE = ("<style>.mpi-grid{max-width:448px;line-height:0}.mpi-grid .mpi-server{display:inline-block;"
+               "width:12px;height:12px;margin:1px;border-radius:2px}"
+               + "".join(f".mpi-grid .mpi-{state}{{background:{color}}}" for state, color in COLORS.items())
+               + "</style>")
 
 
 def render(status: dict[int, dict]) -> str:
-    """The monitor's HTML: one box per server with its state and current command."""
-    boxes = []
+    """The monitor's HTML: a summary line, then a labelled tile per server (up to TILE_UP_TO
+    ranks) or a grid of small squares coloured by state, the details on hover."""
+    head = (f'<div class="mpi-summary" style="font-family:monospace;margin-bottom:4px">'
+            f"{html.escape(summary(status))}</div>")
+    if len(status) > TILE_UP_TO:
+        squares = "".join(f'<i class="mpi-server mpi-{s["state"]}" data-rank="{rank}" data-state="{s["state"]}" '
+                          f'title="{_hover(rank, s)}"></i>' for rank, s in sorted(status.items()))
+        return f'<div class="mpi-monitor">{_GRID_STYLE}{head}<div class="mpi-grid">{squares}</div></div>'
+    tiles = []
     for rank, s in sorted(status.items()):
         state = s["state"]
         detail = ""
         if s.get("command"):
-            elapsed = s.get("elapsed") or 0.0
-            lines = s["command"].strip().splitlines() or [""]
-            first = lines[0][:40] + (" …" if len(lines) > 1 or len(lines[0]) > 40 else "")
-            detail = f"<br><small>{html.escape(first)} ({elapsed:.1f} s)</small>"
-        boxes.append(
-            f'<div class="mpi-server mpi-{state}" data-rank="{rank}" data-state="{state}" '
-            f'style="display:inline-block;margin:2px;padding:4px 8px;border-radius:4px;'
-            f'color:white;background:{COLORS[state]};font-family:monospace">'
-            f"rank {rank}: {state}{detail}</div>")
-    return '<div class="mpi-monitor">' + "".join(boxes) + "</div>"
+            detail = (f"<br><small>{html.escape(_first_line(s['command']))} "
+                      f"({s.get('elapsed') or 0.0:.1f} s)</small>")
+        tiles.append(f'<div class="mpi-server mpi-{state}" data-rank="{rank}" data-state="{state}" '
+                     f'title="{_hover(rank, s)}" style="display:inline-block;margin:2px;padding:4px 8px;'
+                     f'border-radius:4px;color:white;background:{COLORS[state]};font-family:monospace">'
+                     f"rank {rank}: {state}{detail}</div>")
+    return f'<div class="mpi-monitor">{head}{"".join(tiles)}</div>'
 
 
 class MonitorUpdater:

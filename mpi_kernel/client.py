@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from traitlets import Bool, Float, Int, default
 from traitlets.config import Configurable
 
-from . import environment, logs, memory, partition, protocol, transport
+from . import broadcast, environment, logs, memory, partition, protocol, transport
 from .monitor import MonitorClient
 from .protocol import Tag
 
@@ -92,7 +92,8 @@ class MPICommandClient(Configurable):
         self._any_queue: collections.deque[int] = collections.deque()
         self._inflight: dict[int, int | None] = {s: None for s in self._servers}
         self._encoded: dict[int, tuple[bytes, list]] = {}  # queued requests, pickled at push time
-        self._sends: list = []  # Isend requests of out-of-band buffers still in progress
+        self._sends: list = []  # Isend/Ibcast requests of out-of-band buffers still in progress
+        self._broadcasts = broadcast.Sender(env.framework, env.relay, env.client_rank)
         self._status = transport.MPI.Status()
         self._monitor = MonitorClient(self._servers, self.ping_interval, self.server_timeout)
         self._next_tick = 0.0
@@ -327,7 +328,26 @@ class MPICommandClient(Configurable):
         if not variables:
             return
         names = protocol.check_names(list(variables), "push")
-        self._run_internal(protocol.PUSH, f"<push {', '.join(names)}>", variables, targets)
+        label = f"<push {', '.join(names)}>"
+        ranks = sorted(set(protocol.check_targets(targets, self._servers) or self._servers))
+        self._require_running()
+        try:
+            parts = transport.pickle_parts(variables)
+        except Exception as exc:
+            raise TypeError(f"cannot send {label!r} to the servers: a value in it cannot be pickled "
+                            f"({type(exc).__name__}: {exc})") from exc
+        with self._lock:
+            group = broadcast.healthy(ranks, self._monitor.table, time.monotonic())
+        size = len(parts[0]) + sum(buf.nbytes for buf in parts[1])
+        if not broadcast.worthwhile(len(group), size):  # per-server sends are quicker
+            self._run_internal(protocol.PUSH, label, variables, ranks)
+            return
+        with transport.DeferredSigint():  # the requests must be kept, whatever comes
+            bid, requests = self._broadcasts.start(group, parts)
+            with self._lock:
+                self._sends.extend(requests)
+        items = [(rank, protocol.Staged(bid) if rank in group else variables) for rank in ranks]
+        self._collect(self._queue(protocol.PUSH, label, protocol.PUSH, None, items), label)
 
     def pull(self, names: str | list[str], targets: Any = None) -> dict[int, Any]:
         """Fetch variables from servers: {rank: value} (a list of values if `names` is a list)."""

@@ -31,6 +31,7 @@ class MPIEnvironmentError(RuntimeError):
 class MPIEnvironment:
     world: MPI.Comm       # COMM_WORLD, for user code
     framework: MPI.Comm   # private Dup: framework traffic only
+    relay: MPI.Comm       # private Dup: broadcasts from the client (broadcast.py)
     servers: MPI.Comm     # servers-only communicator (COMM_NULL on the client)
     rank: int
     size: int
@@ -107,13 +108,15 @@ def launch() -> MPIEnvironment:
     rank, size = world.Get_rank(), world.Get_size()
     framework = world.Dup()
     framework.Set_name("mpi_kernel.framework")
+    relay = world.Dup()
+    relay.Set_name("mpi_kernel.relay")
     servers = world.Split(MPI.UNDEFINED if rank == size - 1 else 0, rank)
     if servers != MPI.COMM_NULL:
         servers.Set_name("the servers' world")
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_size = node.Get_size()
     node.Free()
-    _current = MPIEnvironment(world, framework, servers, rank, size, socket.gethostname(), library,
+    _current = MPIEnvironment(world, framework, relay, servers, rank, size, socket.gethostname(), library,
                               local_size)
     from . import usercomm
     usercomm.install(world, servers)  # after the framework took the real COMM_WORLD

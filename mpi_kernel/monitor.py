@@ -123,7 +123,11 @@ class MonitorServer:
             self.flush()
             got, message = transport.try_receive(env.framework, env.client_rank, Tag.CONTROL, status)
             if not got:
-                backoff.wait()
+                # A broadcast announced while the main thread runs user code is joined here.
+                if self.server.broadcasts.poll():
+                    backoff.reset()
+                else:
+                    backoff.wait()
                 continue
             backoff.reset()
             try:

@@ -19,6 +19,7 @@ class Tag(enum.IntEnum):
     RESPONSE = 13  # server main thread -> client
     EVENT = 14     # server -> client: hello, pong, stream, log, stopped
     DATA = 15      # out-of-band buffers that follow a REQUEST or RESPONSE header
+    BCAST = 16     # client -> server (whichever thread is free): a broadcast starts (broadcast.py)
 
 
 # Request status values, as in the guide.
@@ -140,6 +141,12 @@ def format_ranks(ranks: list[int]) -> str:
             start = r
         prev = r
     return ", ".join(parts)
+
+
+class Staged(int):
+    """A push's payload when its value came by broadcast: the broadcast's id."""
+
+    __slots__ = ()
 
 
 def make_request(kind: str, request_id: int, command: str, mode: str, payload: Any) -> tuple:

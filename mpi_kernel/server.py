@@ -22,7 +22,7 @@ import types
 from types import TracebackType
 from typing import Any
 
-from . import environment, logs, memory, protocol, stuck, transport, usercomm
+from . import broadcast, environment, logs, memory, protocol, stuck, transport, usercomm
 from .bounded import BoundedCache, SourceKeeper
 from .monitor import MonitorServer, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
@@ -118,6 +118,7 @@ class MPICommandServer:
                          protocol.PULL: self._pull, protocol.CELL: self._run_cell,
                          protocol.CALLS: self._run_calls}
         self.sources = SourceKeeper()
+        self.broadcasts = broadcast.Receiver(env.framework, env.relay, env.client_rank)
         self._codes = BoundedCache(*CODE_CACHE)
         self._functions = BoundedCache(*CODE_CACHE)  # a view's pickled function -> the function
         self.cells = CellRunner(self.namespace, self._send_display, self.sources)
@@ -196,7 +197,10 @@ class MPICommandServer:
             while not stopping.is_set():
                 msg = comm.improbe(client, Tag.REQUEST, status)
                 if msg is None:
-                    backoff.wait(probe)
+                    if self.broadcasts.poll():  # idle: this thread joins a broadcast at once
+                        backoff.reset()
+                    else:
+                        backoff.wait(probe)
                     continue
                 try:
                     request = transport.receive(comm, msg, status)
@@ -338,7 +342,9 @@ class MPICommandServer:
                 log.exception("IPython could not format a traceback; plain Python's follows")
         return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc)))
 
-    def _push(self, request_id: int, command: str, mode: str, variables: dict) -> tuple:
+    def _push(self, request_id: int, command: str, mode: str, variables: Any) -> tuple:
+        if isinstance(variables, protocol.Staged):  # the value came by broadcast
+            variables = self.broadcasts.take(variables)
         self.namespace.update(variables)
         return protocol.make_reply(request_id, successful=True)
 

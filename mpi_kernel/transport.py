@@ -106,6 +106,13 @@ def encode(obj: Any) -> tuple[bytes, list[memoryview]]:
     return data, buffers
 
 
+def pickle_parts(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """The pickle of `obj` and its large buffers, for `pickle.loads(data, buffers=...)`
+    on the other side (a broadcast sends them as separate parts)."""
+    buffers: list[memoryview] = []
+    return _dumps(obj, buffers), buffers
+
+
 def _dumps(obj: Any, buffers: list[memoryview]) -> bytes:
     """Pickle with the C pickler, large buffers into `buffers`; fall back to cloudpickle.
 
@@ -196,7 +203,7 @@ def send(comm: MPI.Comm, obj: Any, dest: int, tag: int) -> None:
     send_encoded(comm, encode(obj), dest, tag)
 
 
-def _empty(nbytes: int) -> Any:
+def empty_buffer(nbytes: int) -> Any:
     """A receive buffer. numpy.empty does not zero-fill 100 MB that MPI overwrites anyway;
     numpy is imported here, not at start-up (70 ms on every rank)."""
     try:
@@ -224,7 +231,7 @@ def receive(comm: MPI.Comm, msg: MPI.Message, status: MPI.Status) -> Any:
     for _ in range(count):
         part_status = MPI.Status()
         part = comm.mprobe(source, Tag.DATA, part_status)  # sent right after the header
-        buf = _empty(part_status.Get_count(MPI.BYTE))
+        buf = empty_buffer(part_status.Get_count(MPI.BYTE))
         part.Recv([buf, MPI.BYTE])
         buffers.append(buf)
     try:

@@ -45,9 +45,11 @@ def lab(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("prefix")
     jupyter_path = os.environ.get("JUPYTER_PATH")  # restored after: nbval's "mpi" comes later
     install_kernelspec(prefix, name="mpi")        # the notebooks ask for the kernel "mpi"
+    install_kernelspec(prefix, name="mpi64", ranks=64)
     root = tmp_path_factory.mktemp("root")
     for name in ("quickstart.ipynb", "errors-and-interrupts.ipynb"):
         shutil.copy(ROOT / "notebooks" / name, root / name)
+    (root / "many-ranks.ipynb").write_text(json.dumps(notebook("mpi64", MANY_RANKS_CELLS)))
     shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "deaths.ipynb")  # a kernel of its own
     port, token = free_port(), secrets.token_hex(16)
     log = open(tmp_path_factory.mktemp("logs") / "jupyterlab.log", "w+")
@@ -98,14 +100,29 @@ def browser(tmp_path_factory):
         context.close()
 
 
-def open_notebook(browser, lab, name: str):
+MANY_RANKS_CELLS = [
+    "%mpi_monitor",
+    "%%px --noblock --targets ::5\nimport time\ntime.sleep(8)",
+    "%mpi_status",
+    "%%px --targets 1::5\nprint('done')",
+]
+
+
+def notebook(kernel: str, cells: list[str]) -> dict:
+    return {"nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}},
+            "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": source,
+                       "outputs": [], "execution_count": None} for i, source in enumerate(cells)]}
+
+
+def open_notebook(browser, lab, name: str, ranks: int = 4):
     base, token = lab
     page = browser.new_page()
     workspace = name.split(".")[0]  # a fresh workspace per notebook: nothing else open
     page.goto(f"{base}/lab/workspaces/{workspace}/tree/{name}?reset&token={token}")
     page.wait_for_selector(f"{NB} .jp-Cell", timeout=60_000)
     # the kernel named in the notebook's metadata is the MPI one
-    page.wait_for_selector(".jp-Toolbar-kernelName:has-text('MPI, 4 ranks')", timeout=60_000)
+    page.wait_for_selector(f".jp-Toolbar-kernelName:has-text('MPI, {ranks} ranks')", timeout=60_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     return page
 
@@ -192,4 +209,23 @@ def test_a_dead_server_is_reported_in_the_cell_and_the_kernel_comes_back(browser
     cell.locator(".jp-OutputArea-output:has-text('Out[2:')").wait_for(timeout=60_000)
     assert "20" in cell.inner_text()
     shot(page, "after-death")
+    page.close()
+
+
+def test_the_monitor_and_output_stay_readable_at_64_ranks(browser, lab):
+    page = open_notebook(browser, lab, "many-ranks.ipynb", ranks=64)
+    run_all(page)
+    monitor = ".mpi-monitor .mpi-grid .mpi-server"
+    busy = f"() => document.querySelectorAll(\"{monitor}[data-state='busy']\").length === 13"
+    page.wait_for_function(busy, timeout=20_000)
+    assert page.locator(monitor).count() == 63       # one square per server, in a grid
+    summary = page.inner_text(".mpi-monitor .mpi-summary")
+    assert summary.startswith("50 idle, 13 busy (ranks 0, 5, 10, 15, 20, 25, 30, 35, ...: "), summary
+    assert "rank 5 on " in page.get_attribute(f"{monitor}[data-rank='5']", "title")
+    text = page.inner_text(NB)
+    assert "50 idle, 13 busy" in text and "idle ranks not listed" in text   # %mpi_status
+    assert "[stdout:1,6,11,16,21,26,31,36,41,46,51,56,61] done" in text   # one line for 13 ranks
+    shot(page, "monitor-64-ranks")
+    page.wait_for_function(f"() => document.querySelectorAll(\"{monitor}[data-state='idle']\").length === 63",
+                           timeout=30_000)
     page.close()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from kernel_helpers import ANSI, install_kernelspec, run, start_kernel, text_of
+from kernel_helpers import ANSI, error_text, install_kernelspec, run, start_kernel, text_of
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +195,9 @@ def test_progress_line_for_slow_cells_is_replaced_by_the_results(kc):
 def test_ipython_syntax_in_px_cells(kc):
     status, out = run(kc, "%%px --targets 0-1\n!echo shell-says-hi\n%time x = rank\nx")
     text = text_of(out)
-    assert status == "ok" and text.count("shell-says-hi") == 2 and text.count("Wall time") == 2, text
+    assert status == "ok" and "[stdout:0-1] shell-says-hi" in text and text.count("Wall time") == 2, text
     assert "Out[0:" in text and "Out[1:" in text
-    status, out = run(kc, "%px %time 1+1")
+    status, out = run(kc, "%px --no-merge %time 1+1")
     assert status == "ok" and text_of(out).count("Wall time") == 3
     status, out = run(kc, "%%px --targets 0\n%%timeit -n 5 -r 1\nsum(range(10))")
     assert status == "ok" and text_of(out).startswith("[stdout:0] ") and "per loop" in text_of(out)
@@ -223,12 +223,13 @@ def test_input_on_servers_fails_at_once_with_a_clear_error(kc):
     assert status == "error" and err["evalue"] == "EOFError on ranks 0-2"
     assert "input() is not available on the MPI servers" in ANSI.sub("", "\n".join(err["traceback"]))
     status, out = run(kc, "%%px\nimport subprocess\nsubprocess.run(['cat'], capture_output=True).returncode")
-    assert status == "ok" and text_of(out).count("]: 0") == 3    # C-level reads of fd 0: end of file
+    assert status == "ok" and text_of(out).count("Out[0-2:") == 1    # C-level reads of fd 0: end of file
 
 
 def test_mpi_status_table(kc):
     status, out = run(kc, "%mpi_status")
-    lines = text_of(out).splitlines()
+    summary, *lines = text_of(out).splitlines()
+    assert summary == "3 idle, 0 busy, 0 timeout"
     assert lines[0].split() == ["rank", "host", "pid", "state", "command", "elapsed"]
     assert [line.split()[0] for line in lines[1:]] == ["0", "1", "2"]
     assert all(line.split()[3] == "idle" for line in lines[1:])
@@ -251,7 +252,7 @@ def test_px_local_with_comm_world_collective(kc):
     status, out = run(kc, "%%px --local\nfrom mpi4py import MPI\n"
                           "total = MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.Get_rank())\nprint('sum', total)")
     assert status == "ok"
-    assert text_of(out).count("sum 6") == 4   # 3 servers and the client
+    assert text_of(out).count("sum 6") == 2 and "[stdout:0-2] sum 6" in text_of(out)  # and the client
 
 
 def test_px_timeout_names_busy_ranks_and_shows_their_stacks(kc):
@@ -265,7 +266,7 @@ def test_px_timeout_names_busy_ranks_and_shows_their_stacks(kc):
     assert "time.sleep(30) if rank else None" in tb
     assert "The servers were interrupted." in tb and "KeyboardInterrupt" not in tb  # the summary only
     status, out = run(kc, "%%px\n'alive'")
-    assert status == "ok" and text_of(out).count("alive") == 3
+    assert status == "ok" and "Out[0-2:" in text_of(out) and "alive" in text_of(out)
 
 
 def test_a_collective_the_client_does_not_join_is_recognised_from_the_stacks(kc):
@@ -284,7 +285,7 @@ def test_a_collective_the_client_does_not_join_is_recognised_from_the_stacks(kc)
     status, out = run(kc, "from mpi4py import MPI\nMPI.COMM_WORLD.Barrier()")  # the advice: it frees them
     assert status == "ok"
     status, out = run(kc, "%%px\n'alive'")
-    assert status == "ok" and text_of(out).count("alive") == 3
+    assert status == "ok" and "Out[0-2:" in text_of(out) and "alive" in text_of(out)
 
 
 def test_interrupt_while_true_on_all_servers(kernel):
@@ -435,3 +436,38 @@ def test_pxconfig_sets_defaults_for_later_cells(kc):
         assert status == "error" and "servers are 0-2" in text_of(out, "stderr")
     finally:
         run(kc, "%pxconfig --targets all --no-verbose")
+
+
+def test_identical_output_of_all_ranks_is_shown_once_with_their_rank_set(kc):
+    status, out = run(kc, "%%px\nprint('done')\nprint('rank', rank % 2)\n'same'")
+    text = text_of(out)
+    assert status == "ok" and "[stdout:0-2] done\n" in text and text.count("done") == 1, text
+    assert "[stdout:0,2] rank 0\n[stdout:1] rank 1\n" in text and "Out[0-2:" in text
+    status, out = run(kc, "%%px --no-merge\nprint('done')")
+    assert [line for line in text_of(out).splitlines()] == [f"[stdout:{r}] done" for r in range(3)]
+    status, out = run(kc, "%%px --no-stream\nprint('done')\nprint(rank)")
+    assert status == "ok" and "[stdout:0] done\n[stdout:0] 0\n[stdout:1] done\n" in text_of(out)
+    status, out = run(kc, "%%px\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>x</b>'))")
+    assert status == "ok" and text_of(out).count("[output:0-2]") == 1, out
+
+
+def test_output_over_the_cap_goes_to_a_file_that_the_cell_names(kc):
+    status, out = run(kc, "%%px --max-lines 5\nfor i in range(20):\n    print(rank, i)")
+    text = text_of(out)
+    assert status == "ok" and all(text.count(f"[stdout:{r}] ") == 5 for r in range(3)), text
+    (note,) = [line for line in text.splitlines() if line.startswith("[px] output limited")]
+    assert "5 lines per rank: 45 more lines from ranks 0-2 are in " in note, note
+    path = re.search(r"are in (\S+)", note).group(1)
+    spilled = open(path).read().splitlines()
+    assert len(spilled) == 45 and spilled[:2] == ["[stdout:0] 0 5", "[stdout:0] 0 6"], spilled[:3]
+    status, out = run(kc, "%%px --max-lines bad\n1")
+    assert status == "error" and "--max-lines" in error_text(out), out
+
+
+def test_a_hundred_thousand_lines_per_rank_end_in_a_short_cell_and_a_file(kc):
+    status, out = run(kc, "%%px\nfor i in range(100_000):\n    print('line', i)", timeout=120)
+    text = text_of(out)
+    assert status == "ok" and text.count("[stdout:0-2] line ") == 1000, text[-500:]
+    assert "299,700 more lines" not in text and "297,000 more lines from ranks 0-2" in text, text[-400:]
+    status, out = run(kc, "%%px\nprint(rank)")   # the kernel and the servers carry on
+    assert status == "ok" and "[stdout:2] 2" in text_of(out)

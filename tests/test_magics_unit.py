@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipython_ext.display import StreamPrinter
+from ipython_ext.display import PxError, StreamPrinter
 from ipython_ext.magics import MPIMagics, _split_line, assigned_names, status_table
 from ipython_ext.targets import parse_targets
 
@@ -87,7 +87,7 @@ def magics():
     (("mpi_scatter", "", None), "the following arguments are required: name"),
     (("mpi_scatter", "nope", None), "not defined on the client: nope"),
     (("mpi_gather", "x --targets any", None), "%mpi_gather needs definite targets"),
-    (("mpi_status", "extra", None), "takes no arguments"),
+    (("mpi_status", "extra", None), "unrecognized arguments: extra"),
     (("pxresult", "missing", None), "no pending %%px --noblock results named 'missing'"),
 ])
 def test_magic_argument_errors_send_nothing(magics, call, message):
@@ -160,7 +160,8 @@ class InstantClient(FakeClient):
 
 # Words the option strings are made of: every magic's flags, values good and bad, quotes.
 _WORDS = ["--targets", "-t", "--timeout", "--noblock", "--block", "--local", "--group-outputs", "--out", "-o",
-          "--stream", "--no-stream", "--progress-after", "--verbose", "--no-verbose", "engine", "type", "::2", "[0,2]", "--",
+          "--stream", "--no-stream", "--progress-after", "--verbose", "--no-verbose", "--merge", "--no-merge",
+          "--max-lines", "--all", "-5", "engine", "type", "::2", "[0,2]", "--",
           "-", "all", "any", "0", "1-2", "0,2", "9", "-1", "nan", "inf", "1e9", "rank", "order",
           "x", "'", '"', "\\", "=", "'a b'", "%", "\x00", "é"]
 
@@ -180,5 +181,18 @@ def test_fuzzed_magic_options_give_usage_errors_only(name, words):
             m.px(line, "1")
         else:
             getattr(m, name)(line)
-    except UsageError:
+    except (UsageError, PxError):  # PxError: the cell itself failed (a --local statement)
         pass
+
+
+def test_the_monitor_summarises_256_ranks_in_one_line_and_a_grid_of_squares():
+    from ipython_ext.monitor import render, summary
+    status = {r: {"state": "idle", "host": "n1", "command": None, "elapsed": None} for r in range(256)}
+    for r in (4, 17, 18, 19, 20, 21, 22, 23, 24, 25):
+        status[r].update(state="busy", command="train()", elapsed=r / 10)
+    status[99]["state"] = "timeout"
+    assert summary(status) == "245 idle, 10 busy (ranks 4, 17-23, ...: 'train()', up to 2.5 s), 1 timeout"
+    page = render(status)
+    assert page.count('class="mpi-server mpi-busy"') == 10 and page.count("mpi-server") == 256 + 1
+    assert 'title="rank 25 on n1: busy, train() (2 s)"' in page and len(page) < 40_000
+    assert "rank 0: idle" in render({0: status[0]})   # a few ranks: labelled tiles

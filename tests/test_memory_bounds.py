@@ -45,7 +45,7 @@ def test_200_distinct_1mb_px_cells_grow_no_rank_by_more_than_64mb(tmp_path):
         growth = [b - a for a, b in zip(before, sizes())]
         assert max(growth) <= LIMIT_MB, f"growth per rank (client first), MB: {growth}"
         status, out = run(kc, "%%px\n_x")   # and the cells did run
-        assert text_of(out).count("]: 199") == 3
+        assert "Out[0-2:" in text_of(out) and "]: 199" in text_of(out)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

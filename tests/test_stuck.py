@@ -147,7 +147,7 @@ def test_numpy_in_c_and_a_gil_holder_are_told_apart(kernel):
         assert "Rank 1 did not answer within 1 s: C code that holds the GIL" in text, text
     finally:
         status, out = run(kc, "%%px\n'free again'", timeout=90)   # both end by themselves
-    assert status == "ok" and text_of(out).count("free again") == 3
+    assert status == "ok" and "Out[0-2:" in text_of(out) and "free again" in text_of(out)
 
 
 def test_a_second_stop_gives_one_line_not_the_client_frames(kernel):
@@ -157,7 +157,7 @@ def test_a_second_stop_gives_one_line_not_the_client_frames(kernel):
     assert len(reply["traceback"]) == 1 and "stopped waiting for rank 0" in traceback_of(reply)
     run(kc, "%%px --targets 1,2\ncomm.Barrier()")
     status, out = run(kc, "%%px\n'alive'")
-    assert status == "ok" and text_of(out).count("alive") == 3
+    assert status == "ok" and "Out[0-2:" in text_of(out) and "alive" in text_of(out)
 
 
 def test_exit_quit_and_a_client_only_failure(kernel):
@@ -180,7 +180,7 @@ def test_finalize_on_a_server_is_refused_and_the_server_keeps_serving(kernel):
     status, out = run(kc, "%%px --targets 0\nfrom mpi4py import MPI\nMPI.Finalize()", timeout=20)
     assert status == "error" and "MPI.Finalize() would end MPI under mpi-kernel" in error_text(out)
     status, out = run(kc, "%%px\nfrom mpi4py import MPI\nMPI.Is_finalized(), comm.allreduce(1)")
-    assert status == "ok" and text_of(out).count("(False, 3)") == 3
+    assert status == "ok" and "Out[0-2:" in text_of(out) and "(False, 3)" in text_of(out)
 
 
 def test_a_server_in_timeout_ends_the_cell_and_its_late_output_shows_later(kernel):
@@ -215,4 +215,4 @@ def test_a_local_cell_whose_client_part_fails_does_not_leave_the_servers_waiting
     assert time.monotonic() - t0 < 30
     status, out = run(kc, "from mpi4py import MPI\nMPI.COMM_WORLD.Barrier()")  # the advice frees them
     status, out = run(kc, "%%px\n'alive'")
-    assert status == "ok" and text_of(out).count("alive") == 3
+    assert status == "ok" and "Out[0-2:" in text_of(out) and "alive" in text_of(out)
