@@ -153,7 +153,10 @@ class MPIMagics(Magics):
             for rank in targets:
                 if self.client.get_server_status(rank)["state"] == "timeout":
                     raise UsageError(f"server {rank} is in timeout; choose other --targets")
-        ids = self.client.execute_cell(source, targets, want_value=args.out is not None, local=args.local)
+        # A blocking cell shows its output from the stream: its responses need no copy of it,
+        # unless -o keeps them (the AsyncResult's stdout).
+        ids = self.client.execute_cell(source, targets, want_value=args.out is not None, local=args.local,
+                                       keep_output=not args.block or args.out is not None)
         self._say_busy(ids)
         if args.verbose:
             where = "the first idle server" if targets is None else show.ranks_word(targets)

@@ -255,20 +255,22 @@ class MPICommandClient(Configurable):
         return status
 
     def execute_cell(self, source: str, targets: Any = None, want_value: bool = False,
-                     local: bool = False) -> list[int]:
+                     local: bool = False, keep_output: bool = True) -> list[int]:
         """Queue an IPython-style cell (the %%px magic's request); return the request ids.
 
         Its response's `ret` is None or {"data": mime bundle, "metadata": ..., "value": ...}
         for the last expression (value only with want_value); errors have IPython-style
         tracebacks. `targets` as in push_command_request (None: the first idle server).
         With `local` (a %%px --local cell, which the client runs too) MPI.COMM_WORLD is the
-        whole job's world on the servers; else it is the servers' own.
+        whole job's world on the servers; else it is the servers' own. Without `keep_output`
+        the responses' stdout and stderr are empty: the output only comes as it is streamed.
         """
         if not isinstance(source, str):
             raise TypeError(f"cell source must be a str, not {type(source).__name__}")
         with transport.DeferredSigint():
             return self._submit(protocol.CELL, source, protocol.CELL, None,
-                                {"value": want_value, "local": local}, targets)
+                                {"value": want_value, "local": local, "keep_output": keep_output},
+                                targets)
 
     def call(self, function_blob: bytes, tasks: list[tuple[int | None, list[tuple[tuple, dict]]]],
              label: str = "<call>") -> list[int]:

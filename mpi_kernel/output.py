@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 FLUSH_AGE = 0.02      # seconds a partial batch may wait before the monitor thread sends it
 FLUSH_SIZE = 64 * 1024
+# Characters of each stream a response keeps (all of it is streamed live all the same):
+# 64 ranks printing 100,000 lines would otherwise put ~100 MB of responses in the kernel.
+KEEP_CHARS = 1 << 20
 
 Sender = Callable[[int | None, str, str], None]  # (request_id, stream name, text)
 
@@ -31,15 +34,20 @@ class OutputCapture:
         self._lock = threading.Lock()
         self._request_id: int | None = None
         self._kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._kept_size = {"stdout": 0, "stderr": 0}
+        self._keep = True
         self._pending: list[tuple[str, str]] = []
         self._pending_size = 0
         self._pending_since = 0.0
 
-    def begin(self, request_id: int) -> None:
+    def begin(self, request_id: int, keep: bool = True) -> None:
+        """A command starts; with `keep` False its output is only streamed (a cell whose
+        output the client shows from the stream keeps no copy for its response)."""
         with self._lock:
             if self._pending:
                 self._flush_locked()
             self._request_id = request_id
+            self._keep = keep
 
     def end(self) -> tuple[str, str]:
         """Flush what is pending and return the command's (stdout, stderr)."""
@@ -50,8 +58,10 @@ class OutputCapture:
             out, err = self._kept["stdout"], self._kept["stderr"]
             if not (out or err):
                 return "", ""
+            sizes = self._kept_size
             self._kept = {"stdout": [], "stderr": []}
-        return "".join(out), "".join(err)
+            self._kept_size = {"stdout": 0, "stderr": 0}
+        return _joined(out, sizes["stdout"]), _joined(err, sizes["stderr"])
 
     @property
     def active(self) -> bool:
@@ -60,8 +70,10 @@ class OutputCapture:
 
     def write(self, name: str, text: str) -> None:
         with self._lock:
-            if self._request_id is not None:
-                self._kept[name].append(text)
+            if self._request_id is not None and self._keep:
+                if self._kept_size[name] < KEEP_CHARS:
+                    self._kept[name].append(text)
+                self._kept_size[name] += len(text)
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append((name, text))
@@ -91,6 +103,15 @@ class OutputCapture:
         self._pending, self._pending_size = [], 0
         for name, parts in merged:
             self._send(self._request_id, name, "".join(parts))
+
+
+def _joined(parts: list[str], size: int) -> str:
+    """What a response keeps of a stream: all of it, or the first KEEP_CHARS and a note."""
+    text = "".join(parts)
+    if size <= KEEP_CHARS:
+        return text
+    return (text[:KEEP_CHARS] + f"\n[mpi-kernel: {size - KEEP_CHARS:,} more characters were streamed "
+            f"live but not kept in this response]\n")
 
 
 class RemoteStream(io.TextIOBase):

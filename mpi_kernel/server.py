@@ -263,7 +263,7 @@ class MPICommandServer:
             namespace.update(params)
         start = time.time()
         self._current = (request_id, command, start)
-        self.capture.begin(request_id)
+        self.capture.begin(request_id, not cell or cell.get("keep_output", True))
         ret, ok, tb = None, True, None
         local = bool(cell and cell.get("local"))
         try:

@@ -142,7 +142,7 @@ def test_unbalanced_quotes_are_a_usage_error(magics):
 class InstantClient(FakeClient):
     """Every request answers at once, successfully and with no output."""
 
-    def execute_cell(self, source, targets=None, want_value=False, local=False):
+    def execute_cell(self, source, targets=None, want_value=False, local=False, keep_output=True):
         return [1]
 
     def wait(self, ids, timeout=None):
