@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 from mpi_kernel.protocol import format_ranks
 
@@ -144,21 +144,30 @@ def default_output_dir() -> str:
 
 
 class Spill:
-    """The output a cell did not show, labelled by rank, in a file opened when first needed."""
+    """The output a cell did not show, labelled by rank as in the cell, in a file opened when
+    first needed. It may take millions of lines, so labels are put in with str.replace, not
+    line by line."""
 
     def __init__(self, directory: str, name: str) -> None:
         self.path = os.path.join(directory, name)
-        self._file = None
-        self._printer = None
+        self._file: Any = None
+        self._open: tuple[int, str] | None = None  # whose line the file's last line is, unfinished
         self.lines: dict[int, int] = {}  # rank -> lines written here
 
     def write(self, rank: int, name: str, text: str) -> None:
+        if not text:
+            return
         if self._file is None:
-            from .display import StreamPrinter  # the same labels as in the cell
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._file = open(self.path, "w", encoding="utf-8", errors="replace")
-            self._printer = StreamPrinter(one_channel=True)
-        self._file.write(self._printer.label((rank,), name, text))
+        tag = f"[{name}:{rank}] "
+        if self._open is not None and self._open != (rank, name):
+            self._file.write("\n")
+            self._open = None
+        ends = text.endswith("\n")
+        body = (text[:-1] if ends else text).replace("\n", "\n" + tag)
+        self._file.write((tag if self._open is None else "") + body + ("\n" if ends else ""))
+        self._open = None if ends else (rank, name)
         self.lines[rank] = self.lines.get(rank, 0) + text.count("\n")
 
     def close(self) -> None:

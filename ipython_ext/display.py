@@ -27,32 +27,29 @@ class StreamPrinter:
     With a `pacer` (cellout.Pacer) each write first waits for its share of the data rate.
     """
 
-    def __init__(self, pacer: Any = None, one_channel: bool = False) -> None:
-        # channel -> (ranks owning the unfinished line, whether it is at the line's start);
-        # a channel is the stream name, or "" for all when they share one file (one_channel)
-        self._open: dict[str, tuple[tuple[int, ...], bool, str]] = {}
-        self.pacer, self.one_channel = pacer, one_channel
+    def __init__(self, pacer: Any = None) -> None:
+        # stream name -> (ranks owning the unfinished line, whether it is at the line's start)
+        self._open: dict[str, tuple[tuple[int, ...], bool]] = {}
+        self.pacer = pacer
 
     def label(self, ranks: int | tuple[int, ...], name: str, text: str) -> str:
         ranks = (ranks,) if isinstance(ranks, int) else ranks
-        channel = "" if self.one_channel else name
         out = []
         # End another rank's unfinished line first: this output would run on (or overwrite) it.
-        owner = self._open.get(channel)
-        if owner is not None and (owner[0] != ranks or owner[2] != name):
+        if self._open.get(name, (ranks,))[0] != ranks:
             out.append("\n")
-            del self._open[channel]
+            del self._open[name]
         tag = f"[{name}:{rank_set(ranks)}] "
         for piece in _LINE_ENDS.split(text):
             if not piece:
                 continue
-            if channel not in self._open or self._open[channel][1]:
+            if name not in self._open or self._open[name][1]:
                 out.append(tag)
             out.append(piece)
             if piece[-1] == "\n":
-                self._open.pop(channel, None)
+                self._open.pop(name, None)
             else:
-                self._open[channel] = (ranks, piece[-1] == "\r", name)
+                self._open[name] = (ranks, piece[-1] == "\r")
         return "".join(out)
 
     def write(self, ranks: int | tuple[int, ...], name: str, text: str) -> None:
@@ -63,7 +60,7 @@ class StreamPrinter:
 
     def end_lines(self) -> None:
         """End the lines left unfinished (a cell's last output without a newline)."""
-        for _, _, name in self._open.values():
+        for name in self._open:
             (sys.stderr if name == "stderr" else sys.stdout).write("\n")
         self._open.clear()
 
