@@ -44,6 +44,7 @@ def run_scaling(reps: int, sizes: list[int]) -> list[dict]:
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["kernel_start"] = summarize_seconds(kernel_bench.start_time(n, 3))
+        row["px_cell_cpu_us"] = kernel_bench.px_cell_cpu(n)
         out.append(row)
     return out
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.quick or args.no_peers):
         results["peers"] = {"mpi4py_futures": peers.futures(500), "ipyparallel": peers.ipyparallel(500),
                             "ipyparallel_cell": peers.ipyparallel_cell(100)}
-    results["scaling"] = run_scaling(20 if args.quick else 500, [2, 4] if args.quick else [2, 4, 8, 16])
+    results["scaling"] = run_scaling(20 if args.quick else 500,
+                                     [2, 4] if args.quick else [2, 4, 8, 16, 32, 64])
     results["leftover_processes"] = leftovers(time.monotonic() - started)
     write(results, args.out, "quick" if args.quick else "latest")
     if results["leftover_processes"]:

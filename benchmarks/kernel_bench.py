@@ -81,6 +81,22 @@ def start_time(ranks: int, reps: int) -> list[float]:
         return samples
 
 
+def px_cell_cpu(ranks: int, reps: int = 30) -> float:
+    """The kernel's (the client rank's) CPU time per `%%px 1+1` cell, in us, read by the kernel
+    process itself around `reps` cells."""
+    with tempfile.TemporaryDirectory() as tmp:
+        km, kc, _ = start(install(Path(tmp), ranks))
+        try:
+            cell_times(kc, "%%px\n1+1", 0)  # warm-up (5 cells)
+            kc.execute_interactive("import time as _t; _c0 = _t.process_time()", timeout=60)
+            cell_times(kc, "%%px\n1+1", reps - 5)
+            reply = kc.execute_interactive("", user_expressions={"cpu": "_t.process_time() - _c0"}, timeout=60)
+            return float(reply["content"]["user_expressions"]["cpu"]["data"]["text/plain"]) / reps * 1e6
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=False)
+
+
 def run(reps: int, ranks: int = 4) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

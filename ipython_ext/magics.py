@@ -149,10 +149,9 @@ class MPIMagics(Magics):
         targets = self._targets(args.targets)
         if not args.block and args.local:
             raise UsageError("--noblock and --local cannot be combined")
-        if targets is not None:
-            for rank in targets:
-                if self.client.get_server_status(rank)["state"] == "timeout":
-                    raise UsageError(f"server {rank} is in timeout; choose other --targets")
+        timed_out = sorted(set(targets or []) & set(self.client.timed_out()))
+        if timed_out:
+            raise UsageError(f"server {format_ranks(timed_out)} is in timeout; choose other --targets")
         # A blocking cell shows its output from the stream: its responses need no copy of it,
         # unless -o keeps them (the AsyncResult's stdout).
         ids = self.client.execute_cell(source, targets, want_value=args.out is not None, local=args.local,
@@ -229,7 +228,7 @@ class MPIMagics(Magics):
         """Say at once when the cell must wait for servers busy with earlier work for a while
         (work younger than BUSY_NOTICE_AFTER, such as the kernel's own warm-up, is left out:
         it is likely done before the notice is read)."""
-        earlier = {s: self.client.get_server_status(s) for s in set(self.client.unanswered(ids).values())
+        earlier = {s: self.client.get_server_status(s) for s in set(self.client.queued(ids).values())
                    if s is not None}
         for rank, status in sorted(earlier.items()):
             if status["busy"] and status["command_id"] not in ids and \

@@ -49,6 +49,9 @@ class MPICommandClient(Configurable):
                                   "again and again reuse mapped memory instead of page-faulting; up to "
                                   "64 MiB of freed memory per rank stays mapped (mpi_kernel.memory). "
                                   "Default: on, unless MPI_KERNEL_KEEP_FREED_MEMORY=0.").tag(config=True)
+    broadcast_bytes = Int(broadcast.SAVED_BYTES, help="A push to N servers goes by one MPI broadcast "
+                          "once the N - 2 copies it saves come to this many bytes; -1: never "
+                          "(per-server sends, as before).").tag(config=True)
     capture_fd_output = Bool(True, help="Capture what C code and child processes write to the servers' "
                                         "descriptors 1 and 2, like print() output.").tag(config=True)
 
@@ -301,6 +304,17 @@ class MPICommandClient(Configurable):
                 elif i in self._requests:
                     self._requests[i]["forgotten"] = True
 
+    def queued(self, ids: Iterable[int]) -> dict[int, int | None]:
+        """{request id: its server (None: any)} for those of `ids` not sent yet: they wait for
+        a busy server (or, with None, for any to be free)."""
+        with self._lock:
+            return {i: self._requests[i]["server"] for i in ids if i in self._encoded}
+
+    def timed_out(self) -> list[int]:
+        """The servers in timeout now."""
+        with self._lock:
+            return [rank for rank, status in self._monitor.table.items() if status.timeout]
+
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{request id: assigned server (None while queued for any server)} for ids without a response."""
         with self._lock:
@@ -341,7 +355,7 @@ class MPICommandClient(Configurable):
         with self._lock:
             group = broadcast.healthy(ranks, self._monitor.table, time.monotonic())
         size = len(parts[0]) + sum(buf.nbytes for buf in parts[1])
-        if not broadcast.worthwhile(len(group), size):  # per-server sends are quicker
+        if not broadcast.worthwhile(len(group), size, self.broadcast_bytes):  # sends are quicker
             self._run_internal(protocol.PUSH, label, variables, ranks)
             return
         with transport.DeferredSigint():  # the requests must be kept, whatever comes

@@ -55,6 +55,12 @@ class FakeClient:
         one = {"rank": 0, "host": "h", "pid": 1, "state": "idle", "command": None, "elapsed": None}
         return one if rank is not None else {r: {**one, "rank": r} for r in SERVERS}
 
+    def timed_out(self):
+        return []
+
+    def queued(self, ids):
+        return {}
+
     def __getattr__(self, name):  # execute_cell, push, pull, ...: record and return nothing
         return lambda *args, **kwargs: self.sent.append((name, args, kwargs)) or []
 
