@@ -170,7 +170,7 @@ def plot(table: list[dict], path: Path, date: str, cores: int) -> None:
     colors = ["#2e7d32" if r["met"] in (True, None) else "#c62828" for r in ratios]
     ax.barh(names, values, color=colors)
     for i, r in enumerate(ratios):
-        if r["goal"]:
+        if r["goal"].endswith("x"):  # a goal on the ratio (others are on the value)
             goal = float(r["goal"].strip("<=> x"))
             ax.plot([goal, goal], [i - 0.4, i + 0.4], color="black", lw=2)
         ax.text(r["ratio"], i, f" {r['ratio']:.3g}x", va="center")

@@ -355,15 +355,21 @@ class MPICommandClient(Configurable):
         with self._lock:
             group = broadcast.healthy(ranks, self._monitor.table, time.monotonic())
         size = len(parts[0]) + sum(buf.nbytes for buf in parts[1])
-        if not broadcast.worthwhile(len(group), size, self.broadcast_bytes):  # sends are quicker
+        if broadcast.worthwhile(len(group), size, self.broadcast_bytes):
+            self._collect(self._push_by_broadcast(label, variables, parts, group, ranks), label)
+        else:  # per-server sends are quicker
             self._run_internal(protocol.PUSH, label, variables, ranks)
-            return
+
+    def _push_by_broadcast(self, label: str, variables: dict, parts: tuple[bytes, list],
+                           group: list[int], ranks: list[int]) -> list[int]:
+        """Broadcast the value to `group`, then queue a push per target that takes it from
+        there (the others get the value itself); the request ids (broadcast.py explains)."""
         with transport.DeferredSigint():  # the requests must be kept, whatever comes
             bid, requests = self._broadcasts.start(group, parts)
             with self._lock:
                 self._sends.extend(requests)
         items = [(rank, protocol.Staged(bid) if rank in group else variables) for rank in ranks]
-        self._collect(self._queue(protocol.PUSH, label, protocol.PUSH, None, items), label)
+        return self._queue(protocol.PUSH, label, protocol.PUSH, None, items)
 
     def pull(self, names: str | list[str], targets: Any = None) -> dict[int, Any]:
         """Fetch variables from servers: {rank: value} (a list of values if `names` is a list)."""
