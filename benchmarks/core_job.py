@@ -154,9 +154,9 @@ def main() -> None:
         out[f"push_{label}_one"] = summarize(timed(lambda: client.push({"a": array}, [0]), n, 1))
         out[f"push_{label}_all"] = summarize(timed(lambda: client.push({"a": array}, servers), n, 1))
         out[f"raw_bcast_{label}"] = summarize(raw_bcast(client, servers, array, n))
-        client.broadcast_bytes = -1  # the same push by per-server sends, for comparison
-        out[f"push_{label}_all_direct"] = summarize(timed(lambda: client.push({"a": array}, servers), n, 1))
-        client.broadcast_bytes = MPICommandClient.broadcast_bytes.default_value
+        client.broadcast = "always"  # the same push by broadcast (on one host, "auto" sends directly)
+        out[f"push_{label}_all_bcast"] = summarize(timed(lambda: client.push({"a": array}, servers), n, 1))
+        client.broadcast = "auto"
         out[f"bytes_{label}"] = nbytes
         client.push_command_request("a = None", True, servers)
     out["idle_cpu_percent"] = idle_cpu(client, idle_seconds)

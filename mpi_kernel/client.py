@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from traitlets import Bool, Float, Int, default
+from traitlets import Bool, Enum, Float, Int, default
 from traitlets.config import Configurable
 
 from . import broadcast, environment, logs, memory, partition, protocol, transport
@@ -49,9 +49,10 @@ class MPICommandClient(Configurable):
                                   "again and again reuse mapped memory instead of page-faulting; up to "
                                   "64 MiB of freed memory per rank stays mapped (mpi_kernel.memory). "
                                   "Default: on, unless MPI_KERNEL_KEEP_FREED_MEMORY=0.").tag(config=True)
-    broadcast_bytes = Int(broadcast.SAVED_BYTES, help="A push to N servers goes by one MPI broadcast "
-                          "once the N - 2 copies it saves come to this many bytes; -1: never "
-                          "(per-server sends, as before).").tag(config=True)
+    broadcast = Enum(broadcast.MODES, "auto", help="How push() sends a value to many servers. auto: by "
+                     "one MPI broadcast to the servers on other hosts than the client (once the "
+                     "N - 2 copies it saves come to 4 MB), directly to those beside it; always: by "
+                     "broadcast to all (slower on one host); never: to each directly.").tag(config=True)
     capture_fd_output = Bool(True, help="Capture what C code and child processes write to the servers' "
                                         "descriptors 1 and 2, like print() output.").tag(config=True)
 
@@ -352,10 +353,13 @@ class MPICommandClient(Configurable):
         except Exception as exc:
             raise TypeError(f"cannot send {label!r} to the servers: a value in it cannot be pickled "
                             f"({type(exc).__name__}: {exc})") from exc
-        with self._lock:
-            group = broadcast.healthy(ranks, self._monitor.table, time.monotonic())
         size = len(parts[0]) + sum(buf.nbytes for buf in parts[1])
-        if broadcast.worthwhile(len(group), size, self.broadcast_bytes):
+        with self._lock:
+            table = self._monitor.table
+            healthy = broadcast.healthy(ranks, table, time.monotonic())
+            group = broadcast.members(self.broadcast, healthy, {r: table[r].host for r in healthy},
+                                      self._env.host, size)
+        if group:
             self._collect(self._push_by_broadcast(label, variables, parts, group, ranks), label)
         else:  # per-server sends are quicker
             self._run_internal(protocol.PUSH, label, variables, ranks)

@@ -1,4 +1,7 @@
-"""A big push travels by one MPI broadcast (mpi_kernel/broadcast.py): values, order, busy servers."""
+"""A big push travels by one MPI broadcast (mpi_kernel/broadcast.py): values, order, busy servers.
+
+On one host "auto" sends directly (it is faster there), so these jobs ask for "always"; the
+multi-host tests push across hosts with "auto"."""
 from conftest import last_json
 
 
@@ -6,7 +9,7 @@ def test_a_big_push_reaches_every_target_by_broadcast_in_fifo_order(job):
     out = job("""
         import json
         import numpy as np
-        c = MPICommandClient()
+        c = MPICommandClient(broadcast="always")
         c.start_services()
         big = np.arange(2_000_000, dtype=np.float64)          # 16 MB: broadcast
         everyone = [0, 1, 2, 3]
@@ -31,7 +34,7 @@ def test_a_busy_server_gets_its_copy_while_it_works_and_does_not_hold_up_the_oth
     out = job("""
         import json, threading
         import numpy as np
-        c = MPICommandClient()
+        c = MPICommandClient(broadcast="always")
         c.start_services()
         busy = c.push_command_request("__import__('time').sleep(3) or 'slept'", False, 1)
         time.sleep(0.3)
@@ -67,3 +70,13 @@ def test_an_unpicklable_value_fails_before_anything_is_sent(job):
     """)
     error, defined = last_json(out)
     assert "cannot send '<push a, lock>' to the servers" in error and "lock" in error and defined is False
+
+
+def test_auto_broadcasts_only_to_servers_on_other_hosts_and_only_when_it_saves_enough():
+    from mpi_kernel.broadcast import members
+    hosts = {0: "a", 1: "a", 2: "b", 3: "b", 4: "c", 5: "c"}
+    assert members("auto", list(hosts), hosts, "a", 100 << 20) == [2, 3, 4, 5]
+    assert members("auto", list(hosts), hosts, "a", 1 << 20) == []        # 2 copies saved: 2 MB
+    assert members("auto", [0, 1], hosts, "a", 100 << 20) == []           # all beside the client
+    assert members("always", [0, 1], hosts, "a", 10) == [0, 1]
+    assert members("never", list(hosts), hosts, "a", 100 << 20) == []

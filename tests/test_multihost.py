@@ -127,6 +127,16 @@ def test_cells_run_on_three_hosts_with_the_kernel_on_hostC(kernel):
     assert status == "ok" and text_of(out) == "hostC\n"
 
 
+def test_a_big_push_leaves_the_kernels_host_once_by_broadcast(kernel):
+    _, kc = kernel
+    status, out = run(kc, "import numpy as np\nbig = np.arange(3_000_000, dtype=np.float64)\n%mpi_push big")
+    assert status == "ok", out
+    status, out = run(kc, "%%px\nfrom mpi_kernel.server import MPICommandServer\n"
+                          "float(big.sum()), MPICommandServer().broadcasts.joined")
+    assert status == "ok" and "Out[0-2:" in text_of(out) and f"({float(sum(range(3_000_000)))}, 1)" \
+        in text_of(out), out
+
+
 def test_status_interrupt_and_timeout_across_hosts(kernel):
     km, kc = kernel
     status, out = run(kc, "%mpi_status")
