@@ -169,6 +169,11 @@ class MPICommandClient(Configurable):
             for server in self._servers:
                 self._control(server, protocol.STOP, self.stop_timeout / 2)
         missing = self._wait_until(lambda: set(self._servers) - self._stopped, self.stop_timeout)
+        with self._lock:  # nothing answers them now: a wait for them (another thread's) ends
+            for request_id, request in self._requests.items():
+                if request_id not in self._responses and "forgotten" not in request:
+                    self._responses[request_id] = protocol.stopped_response(request)
+                    request["status"] = protocol.RESPONSE_RECEIVED
         self._halt.set()
         if self._service is not None and self._service is not threading.current_thread():
             self._service.join(timeout=2)

@@ -182,6 +182,15 @@ def cancelled_response(request: dict) -> dict:
     return response_from_reply(request, request["server"], reply)
 
 
+def stopped_response(request: dict) -> dict:
+    """The response of a request left unanswered when the services stopped: the servers have
+    exited, so it never will be (a wait for it then ends instead of hanging)."""
+    reply = make_reply(request["id"], traceback="RuntimeError: the services were stopped "
+                                                "(stop_services()) before this request was answered; "
+                                                "the servers have exited\n")
+    return response_from_reply(request, request["server"], reply)
+
+
 def timeout_response(request: dict, server: int, timeout: float) -> dict:
     """The synthetic response a pending request gets when its server times out."""
     text = (f"Timeout of assigned server {server}: it did not answer the monitor for more than "

@@ -175,3 +175,19 @@ def test_a_server_holding_the_gil_at_the_end_of_a_script_does_not_hang_the_job(t
     assert "script done" in proc.stdout and proc.returncode != 0  # aborted: not a clean end
     assert "servers 0 did not confirm the stop within 1 s" in proc.stderr
     assert time.monotonic() - t0 < 15
+
+
+def test_a_wait_in_another_thread_ends_when_the_script_stops_the_servers(tmp_path):
+    proc = run_job(tmp_path, """
+        import threading
+        c = MPICommandClient(); c.start_services()
+        c.push_command_request("import time; time.sleep(30)", False, 0)
+        queued = c.push_command_request("'never sent'", False, 0)
+        def wait():
+            print(repr(c.get_command_response(queued, True)[0]["traceback"]), flush=True)
+        threading.Thread(target=wait).start()    # not a daemon: the interpreter waits for it
+        time.sleep(0.5)
+        print("script done", flush=True)
+    """, timeout=60)
+    assert "script done" in proc.stdout, proc.stderr
+    assert "the services were stopped (stop_services()) before this request was answered" in proc.stdout
