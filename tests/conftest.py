@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from mpi_kernel.jupyter.supervisor import LAUNCH_RACE
+
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 # Open MPI's launcher now and then fails to start a job at all (a race in PMIx's listener
 # thread, openpmix/openpmix#112; lfortran/lfortran#8610 meets it in CI too): such a launch
-# is tried again. Nothing of ours has run then.
-PMIX_FLAKE = "PMIx server's listener thread failed to start"
+# is tried again, as the supervisor does for kernels. Nothing of ours has run then.
+PMIX_FLAKE = LAUNCH_RACE
 
 PREAMBLE = """\
 import os, sys, time, signal

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from jupyter_client.connect import write_connection_file
+from jupyter_client.manager import start_new_kernel
 
 from kernel_helpers import (error_text, install_kernelspec, job_pids, process_tree, run, start_kernel, text_of,
                             wait_gone)
@@ -164,3 +165,25 @@ def test_nbclient_runs_a_notebook_on_the_kernel_without_configuration():
     first, second = (c["outputs"] for c in nb.cells)
     assert "Out[2:" in "".join(o.get("text", "") for o in first) and "4" in str(first)
     assert second[0]["data"]["text/plain"] == "42"
+
+
+def test_a_launch_that_meets_open_mpis_pmix_race_is_tried_again(tmp_path):
+    """Open MPI's launcher sometimes fails before any rank runs (supervisor.LAUNCH_RACE); the
+    supervisor starts it again instead of reporting a dead kernel. A stand-in launcher fails so
+    the first time, then runs the real mpiexec."""
+    from mpi_kernel.jupyter.kernelspec import default_mpiexec
+    from mpi_kernel.jupyter.supervisor import LAUNCH_RACE
+    tried = tmp_path / "tried"
+    fake = tmp_path / "mpiexec"
+    fake.write_text(  # only the job's launch fails, not the launcher's --version asked before it
+        f'#!/bin/sh\ncase "$*" in *mpi_kernel*) if [ ! -e {tried} ]; then touch {tried}; '
+        f'echo "The {LAUNCH_RACE}. We cannot" >&2; exit 213; fi;; esac\nexec {default_mpiexec()} "$@"\n')
+    fake.chmod(0o755)
+    install_kernelspec(tmp_path / "prefix", name="mpi-race", mpiexec=str(fake))
+    km, kc = start_new_kernel(kernel_name="mpi-race", startup_timeout=60)  # no retry of its own
+    try:
+        status, out = run(kc, "%%px\nrank")
+        assert status == "ok" and "Out[0:" in text_of(out) and tried.exists()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)

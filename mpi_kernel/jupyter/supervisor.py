@@ -37,6 +37,10 @@ from . import deaths, guard, link
 
 log = logging.getLogger("mpi_kernel.supervisor")
 TAIL_LINES = 12
+# Open MPI's launcher now and then fails to start a job at all, a race in PMIx's listener
+# thread (openpmix/openpmix#112): nothing of ours has run, so the start is simply tried again.
+LAUNCH_RACE = "PMIx server's listener thread failed to start"
+LAUNCH_RETRIES = 2
 # A job may span hosts when its launcher line names hosts, or a batch system or hostfile
 # variable is set (MPICH's mpiexec reads PBS_NODEFILE and HYDRA_HOST_FILE by itself).
 HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfile", "-machinefile",
@@ -76,6 +80,7 @@ class Supervisor:
         self.link_addresses = [link_address] if link_address else _own_addresses()
         self.job: Job | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.launch_retries = LAUNCH_RETRIES
         self.stop_deadline: float | None = None  # set once Jupyter asked for a shutdown
         self.terminate_reason: str | None = None
         self.parent = os.getppid()
@@ -217,6 +222,13 @@ class Supervisor:
         if self.stop_deadline is not None:
             log.info("the MPI job ended (launcher exit %s)", code)
             return 0
+        if job.hello is None and self.launch_retries and any(LAUNCH_RACE in line for line in self.tail):
+            self.launch_retries -= 1
+            log.warning("the launcher failed to start the job (Open MPI's PMIx listener race); "
+                        "starting it again")
+            self.tail.clear()
+            self.start_job()
+            return None
         if job.hello is None:
             log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
                       "is above", code)
