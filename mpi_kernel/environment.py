@@ -133,12 +133,17 @@ def current() -> MPIEnvironment:
     return _current
 
 
+def let_launcher_forward() -> None:
+    """Flush, then wait a moment before an MPI_Abort: the launcher reads our output from a
+    pipe, and its teardown after the abort can kill the forwarder before it has passed on the
+    last lines, which say why the job ends (CI lost them twice)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.2)
+
+
 def abort(code: int = 1) -> None:
     """End the whole job on every host (MPI_Abort), when an orderly stop cannot work: the
     launchers do not end ranks on other hosts when one rank just exits."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The launcher reads our output from a pipe; its teardown after MPI_Abort can kill the
-    # forwarder before it has passed on the last lines (which say why the job ends).
-    time.sleep(0.2)
+    let_launcher_forward()
     (_current.world if _current is not None else MPI.COMM_WORLD).Abort(code)

@@ -25,11 +25,11 @@ import json
 import os
 import socket
 import sys
-import time
 from typing import Any, Callable, NoReturn
 
 from mpi4py import MPI
 
+from .environment import let_launcher_forward
 from .jupyter import guard, link
 
 _REAL_WORLD = MPI.COMM_WORLD
@@ -64,9 +64,7 @@ def announce_abort(errorcode: int, what: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(2, (line + "\n").encode())
-    # The launcher forwards it from a pipe; MPI_Abort's teardown can kill the forwarder before
-    # it has passed the line on (seen in CI), as environment.abort also allows for.
-    time.sleep(0.2)
+    let_launcher_forward()
 
 
 def _refuse_finalize() -> NoReturn:
