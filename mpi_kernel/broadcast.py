@@ -47,16 +47,27 @@ SAVED_BYTES = 4 << 20
 MODES = ("auto", "always", "never")
 
 
-def members(mode: str, servers: list[int], hosts: dict[int, str], client_host: str, nbytes: int) -> list[int]:
-    """The servers a push of `nbytes` should reach by broadcast ([]: send to each directly).
-    "auto": those on other hosts than the client, when worthwhile; "always": all of them
-    (to test and measure the broadcast on one host); "never": none."""
+def candidates(mode: str, servers: list[int], hosts: dict[int, str], client_host: str) -> list[int]:
+    """The servers a push could reach by broadcast, whatever its size. "auto": those on other
+    hosts than the client; "always": all of them (to test and measure the broadcast on one
+    host); "never": none."""
     if mode == "never":
         return []
     if mode == "always":
-        return servers if len(servers) >= 2 else []
-    remote = [s for s in servers if hosts.get(s, client_host) != client_host]
-    return remote if len(remote) >= 2 and (len(remote) - 2) * nbytes >= SAVED_BYTES else []
+        return servers
+    return [s for s in servers if hosts.get(s, client_host) != client_host]
+
+
+def worthwhile(mode: str, group: list[int], nbytes: int) -> bool:
+    """Whether broadcasting `nbytes` to `group` beats sending to each ("always": whenever
+    there are two to send to)."""
+    return len(group) >= 2 and (mode == "always" or (len(group) - 2) * nbytes >= SAVED_BYTES)
+
+
+def members(mode: str, servers: list[int], hosts: dict[int, str], client_host: str, nbytes: int) -> list[int]:
+    """The servers a push of `nbytes` should reach by broadcast ([]: send to each directly)."""
+    group = candidates(mode, servers, hosts, client_host)
+    return group if worthwhile(mode, group, nbytes) else []
 
 
 def _communicator(relay: MPI.Comm, group: list[int]) -> tuple[MPI.Comm, bool]:

@@ -36,6 +36,12 @@ class ServerError(RuntimeError):
         self.responses = responses
 
 
+def _unpicklable(command: str, exc: Exception, which: str = "") -> TypeError:
+    """The error for a request whose value cannot be pickled (nothing has been sent)."""
+    return TypeError(f"cannot send {command!r}{which} to the servers: a value in it cannot be "
+                     f"pickled ({type(exc).__name__}: {exc})")
+
+
 class MPICommandClient(Configurable):
     """The one client of the process: `MPICommandClient()` always returns it."""
 
@@ -353,21 +359,20 @@ class MPICommandClient(Configurable):
         label = f"<push {', '.join(names)}>"
         ranks = sorted(set(protocol.check_targets(targets, self._servers) or self._servers))
         self._require_running()
-        try:
-            parts = transport.pickle_parts(variables)
-        except Exception as exc:
-            raise TypeError(f"cannot send {label!r} to the servers: a value in it cannot be pickled "
-                            f"({type(exc).__name__}: {exc})") from exc
-        size = len(parts[0]) + sum(buf.nbytes for buf in parts[1])
         with self._lock:
             table = self._monitor.table
             healthy = broadcast.healthy(ranks, table, time.monotonic())
-            group = broadcast.members(self.broadcast, healthy, {r: table[r].host for r in healthy},
-                                      self._env.host, size)
-        if group:
-            self._collect(self._push_by_broadcast(label, variables, parts, group, ranks), label)
-        else:  # per-server sends are quicker
-            self._run_internal(protocol.PUSH, label, variables, ranks)
+            group = broadcast.candidates(self.broadcast, healthy, {r: table[r].host for r in healthy},
+                                         self._env.host)
+        if len(group) >= 2:  # only then is the value's size worth knowing (pickled once here)
+            try:
+                parts = transport.pickle_parts(variables)
+            except Exception as exc:
+                raise _unpicklable(label, exc) from exc
+            if broadcast.worthwhile(self.broadcast, group, len(parts[0]) + sum(b.nbytes for b in parts[1])):
+                self._collect(self._push_by_broadcast(label, variables, parts, group, ranks), label)
+                return
+        self._run_internal(protocol.PUSH, label, variables, ranks)  # per-server sends are quicker
 
     def _push_by_broadcast(self, label: str, variables: dict, parts: tuple[bytes, list],
                            group: list[int], ranks: list[int]) -> list[int]:
@@ -483,9 +488,7 @@ class MPICommandClient(Configurable):
                     encoded.append(transport.encode(protocol.make_request(kind, request_id, command,
                                                                           mode, payload)))
                 except Exception as exc:
-                    which = f" (task {n})" if per_task else ""
-                    raise TypeError(f"cannot send {command!r}{which} to the servers: a value in it "
-                                    f"cannot be pickled ({type(exc).__name__}: {exc})") from exc
+                    raise _unpicklable(command, exc, f" (task {n})" if per_task else "") from exc
             for (rank, _), message, request_id in zip(items, encoded, ids):
                 self._encoded[request_id] = message
                 self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
