@@ -25,6 +25,8 @@ from .monitor import MonitorClient
 from .protocol import Tag
 
 log = logging.getLogger("mpi_kernel.client")
+# The service thread leaves the pumping to a thread that waited this recently (seconds).
+SERVICE_GRACE = 5e-3
 StreamCallback = Callable[[int, "int | None", str, str], None]
 
 
@@ -113,7 +115,10 @@ class MPICommandClient(Configurable):
         self._service: threading.Thread | None = None
         self._halt = threading.Event()
         self._waiters = 0  # threads inside _wait_until, pumping themselves
-        self._cores = env.cores
+        self._waited_at = 0.0  # when the last of them left (monotonic)
+        self._per_thread = threading.local()
+        self._cores = env.cores  # read once: a syscall, and waits ask on every call
+        self._oversubscribed = env.oversubscribed
         self._stacks: dict[int, dict] = {}
         # Called as (server, request_id, stream_name, text) for live output.
         self.stream_callback: StreamCallback | None = None
@@ -203,11 +208,10 @@ class MPICommandClient(Configurable):
         """
         mode = protocol.command_mode(command)
         parameters = protocol.check_parameters(parameters)
-        with transport.DeferredSigint():
-            ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
-            if not block:
-                return ids
-            self._wait_for(ids, None)
+        ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+        if not block:
+            return ids
+        self._wait_for(ids, None)
         with self._lock:
             return [self._responses[i] for i in ids]
 
@@ -475,34 +479,43 @@ class MPICommandClient(Configurable):
         """Queue a request per (server or None for any, payload): all pickled before any is
         queued, so a value that cannot be pickled loses nothing; then send what can go."""
         with self._lock, transport.DeferredSigint():
-            for rank in {rank for rank, _ in items if rank is not None}:
-                if self._monitor.table[rank].timeout:
+            table = self._monitor.table
+            for rank, _ in items:
+                if rank is not None and table[rank].timeout:
                     raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
                                        f"for {self.server_timeout:g} s); choose another target")
-            per_task = len({id(payload) for _, payload in items}) > 1  # name the task that fails
-            encoded, ids = [], []
+            messages = []
             for n, (rank, payload) in enumerate(items):
-                request_id = next(self._ids)
-                ids.append(request_id)
+                request = protocol.make_request(kind, next(self._ids), command, mode, payload)
                 try:
-                    encoded.append(transport.encode(protocol.make_request(kind, request_id, command,
-                                                                          mode, payload)))
+                    messages.append((rank, request[1], transport.encode(request, plain=payload is None)))
                 except Exception as exc:
+                    per_task = len({id(payload) for _, payload in items}) > 1  # name the failing task
                     raise _unpicklable(command, exc, f" (task {n})" if per_task else "") from exc
-            for (rank, _), message, request_id in zip(items, encoded, ids):
+            anyone = False
+            for rank, request_id, message in messages:
                 self._encoded[request_id] = message
                 self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
                                               "mode": mode, "parameters": parameters, "server": rank,
                                               "status": protocol.HOLDING_QUEUE}
-                (self._any_queue if rank is None else self._queues[rank]).append(request_id)
-            self._dispatch()
-        return ids
+                if rank is None:
+                    anyone = True
+                    self._any_queue.append(request_id)
+                else:
+                    self._queues[rank].append(request_id)
+            self._dispatch(self._servers if anyone else [rank for rank, _ in items])
+        return [request_id for _, request_id, _ in messages]
 
-    def _dispatch(self) -> None:
-        """Send the next queued request to every idle, responsive server."""
+    def _dispatch(self, servers: Iterable[int]) -> None:
+        """Send the next queued request to each of `servers` that is idle and responsive.
+
+        Only the servers whose state changed are passed (those just given work, those that
+        just answered): looking at all of them after each response made a fan-out's cost
+        grow with the square of its size.
+        """
         if not self._encoded:  # it holds exactly the queued requests
             return
-        for server in self._servers:
+        for server in servers:
             if self._inflight[server] is not None or self._monitor.table[server].timeout:
                 continue
             queue = self._queues[server] or self._any_queue
@@ -515,8 +528,7 @@ class MPICommandClient(Configurable):
             if sends:
                 self._sends.extend(sends)
             self._inflight[server] = request_id
-            request.update(server=server, status=protocol.REQUEST_SENT, sent_at=time.time())
-            log.debug("command request with id# %d sent to server n# %d", request_id, server)
+            request["server"], request["status"], request["sent_at"] = server, protocol.REQUEST_SENT, time.time()
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         if isinstance(ids, int) and not isinstance(ids, bool):
@@ -535,6 +547,7 @@ class MPICommandClient(Configurable):
         Call with the lock held. Returns True if anything arrived.
         """
         got_any = False
+        answered: list[int] = []  # servers that may take their next request now
         status = self._status
         # Callers on the main thread hold a DeferredSigint, so a matched message is never lost.
         while (msg := self._comm.improbe(transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG, status)):
@@ -548,12 +561,13 @@ class MPICommandClient(Configurable):
                 continue
             if tag == Tag.RESPONSE:
                 self._on_response(source, message)
+                answered.append(source)
             elif tag == Tag.EVENT:
                 self._on_event(source, *message)
             else:
                 log.error("unexpected message with tag %d from rank %d dropped", tag, source)
-        if got_any:
-            self._dispatch()
+        if answered:
+            self._dispatch(answered)
         if self._sends and transport.complete(self._sends, 1e-3):
             self._sends = []  # the buffers they kept alive may go now
         now = time.monotonic()
@@ -586,10 +600,7 @@ class MPICommandClient(Configurable):
         response = protocol.response_from_reply(request, server, reply)
         request["status"] = protocol.RESPONSE_RECEIVED
         self._responses[request_id] = response
-        if response["successful"]:
-            log.debug("command request with id %d successfully handled by server n# %d",
-                      request_id, server)
-        else:
+        if not response["successful"]:  # (no debug line for a success: this is the hot path)
             log.info("command request with id %d failed in server n# %d with traceback %s",
                      request_id, server, response["traceback"])
 
@@ -619,7 +630,7 @@ class MPICommandClient(Configurable):
                          payload["pid"])
             if self._monitor.answered(server, payload, now):
                 log.warning("server %d answers again after a timeout", server)
-                self._dispatch()
+                self._dispatch([server])
         elif kind == protocol.STOPPED:
             self._stopped.add(server)
 
@@ -650,17 +661,21 @@ class MPICommandClient(Configurable):
         server answers again, the wait goes on for the real response (guide 5.4).
         """
         remaining = collections.deque(ids)
+        provisional: set[int] = set()  # settled by a timeout response: their server may recover
 
         def pending() -> collections.deque:
             # Responses come back roughly in order: checking from the front keeps each
             # check O(1) even when thousands of ids are awaited.
             while remaining and self._settled(remaining[0]):
-                remaining.popleft()
-            if not remaining:  # a server may have recovered since its ids were checked
-                remaining.extend(i for i in ids if not self._settled(i))
+                request_id = remaining.popleft()
+                if self._responses[request_id]["status"] == protocol.TIMEOUT:
+                    provisional.add(request_id)
+            if not remaining and provisional:
+                remaining.extend(i for i in provisional if not self._settled(i))
             return remaining
 
-        self._wait_until(pending, timeout)
+        if not self._wait_until(pending, timeout):
+            return []
         with self._lock:
             return [i for i in ids if not self._settled(i)]
 
@@ -685,49 +700,69 @@ class MPICommandClient(Configurable):
         A polling loop (transport.Backoff), so Ctrl-C and timeouts always work.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = transport.Backoff(hot=self._hot_poll())
+        backoff = self._backoff()
         with transport.DeferredSigint() as sigint:
             self._waiters += 1  # keeps the service thread from competing for the lock
             try:
-                while True:
-                    with self._lock:
-                        active = self._pump()
-                        left = pending()
-                    if not left or (deadline is not None and time.monotonic() > deadline):
-                        return left
+                with self._lock:
+                    left = pending()
+                # Wait first, then pump: right after a request is sent its answer is not
+                # there yet, and a pump that finds nothing was a tenth of a round trip.
+                while left and (deadline is None or time.monotonic() <= deadline):
                     sigint.check()  # Ctrl-C surfaces here, with the state consistent
-                    if active:
-                        backoff.reset()
-                    else:
-                        backoff.wait(self._comm.Iprobe)
+                    backoff.wait(self._comm.Iprobe)  # returns as soon as a message waits
+                    with self._lock:
+                        if self._pump():
+                            backoff.reset()
+                        left = pending()
+                return left
             finally:
                 self._waiters -= 1
+                self._waited_at = time.monotonic()
+
+    def _backoff(self) -> transport.Backoff:
+        """This thread's wait strategy, reset (kept per thread: making one on every wait
+        was a tenth of a round trip's client time)."""
+        backoff = getattr(self._per_thread, "backoff", None)
+        if backoff is None:
+            backoff = self._per_thread.backoff = transport.Backoff()
+        backoff.reset()
+        backoff.hot = self._hot_poll()
+        return backoff
 
     def _hot_poll(self) -> float:
         """How long a wait may busy-poll before it yields: 20 us (round trip -10%) when the
         client and the servers it waits for each have a core; else 0, since on an
         oversubscribed host it starves the servers (fan-out measured 2x slower)."""
-        if not self._env.oversubscribed:
+        if not self._oversubscribed:
             return 20e-6
         busy = sum(1 for request in self._inflight.values() if request is not None)
         return 20e-6 if busy + 1 <= self._cores else 0.0
 
     def _service_loop(self) -> None:
+        """Pump while nobody else does (non-blocking requests, a notebook between cells).
+
+        It keeps out of the way of a thread that waits and pumps itself, or did so within
+        the last SERVICE_GRACE: each wake-up of this thread takes the GIL from that one at
+        its next MPI call, and yield-spinning here made a loop of round trips 25% slower.
+        """
         busy = transport.Backoff()
         # With nothing in flight only pongs and logs arrive: a long cap keeps idle CPU low.
         idle = transport.Backoff(spin=0.0, start=1e-3, warm=0.0, cap=20e-3, idle_cap=20e-3)
         while not self._halt.is_set():
             active = False
-            if not self._waiters and self._lock.acquire(blocking=False):
+            others = self._waiters or time.monotonic() - self._waited_at < SERVICE_GRACE
+            if not others and self._lock.acquire(blocking=False):
                 try:
                     active = self._pump()
                 except Exception:
                     log.exception("client service thread error")
                 finally:
                     self._lock.release()
-            backoff = busy if any(v is not None for v in self._inflight.values()) else idle
             if active:
                 busy.reset()
                 idle.reset()
+            elif others or all(v is None for v in self._inflight.values()):
+                idle.wait()
             else:
-                backoff.wait()
+                busy.wait()

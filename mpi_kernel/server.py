@@ -224,7 +224,7 @@ class MPICommandServer:
         kind, request_id, command, mode, payload = request
         reply = self._runners[kind](request_id, command, mode, payload)
         try:
-            encoded = transport.encode(reply)
+            encoded = transport.encode(reply, plain=type(reply[1]) in transport.PLAIN)
         except Exception as exc:  # the return value cannot travel back
             text = (f"{type(exc).__name__}: the result of command {request_id} on server "
                     f"{self.env.rank} (a {type(reply[1]).__name__}) cannot be sent to the client: "
@@ -285,10 +285,10 @@ class MPICommandServer:
         return (request_id, ret, ok, tb, start, time.time(), stdout, stderr)  # protocol.make_reply
 
     def _execute(self, command: str, mode: str) -> Any:
-        code = self._codes.get((command, mode))
+        code = self._codes.get(command)  # the mode follows from the text (protocol.command_mode)
         if code is None:
             code = compile(command, self._source_name(command), mode)
-            self._codes.put((command, mode), code, len(command))
+            self._codes.put(command, code, len(command))
         self._arm()
         try:
             return eval(code, self.namespace)
@@ -376,7 +376,7 @@ class MPICommandServer:
         """User code starts. An interrupt that came while the request was being prepared
         (compiled, unpickled, IPython loaded) takes effect now instead of being lost."""
         self._armed = True
-        if self._interrupted():
+        if self._interrupt_for is not None and self._interrupted():
             raise KeyboardInterrupt
 
     def _on_sigint(self, signum: int, frame: Any) -> None:

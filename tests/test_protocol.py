@@ -34,6 +34,9 @@ def test_check_targets_valid(target, expected):
     (3, ValueError, "3 is not a server rank; valid server ranks are 0-2"),
     ([0, -1], ValueError, "-1 is not a server rank"),
     ([0, "1"], TypeError, "entries must be ints"),
+    ([3], ValueError, "3 is not a server rank"),
+    ([True], TypeError, "entries must be ints, not bool"),
+    ([0, 1, 2, 3], ValueError, "3 is not a server rank"),
 ])
 def test_check_targets_errors(target, error, text):
     with pytest.raises(error, match=text.replace("(", r"\(")):
