@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 
@@ -18,6 +19,7 @@ from mpi4py import MPI
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.stats import summarize, timed  # noqa: E402
 from mpi_kernel import MPICommandClient  # noqa: E402
+from mpi_kernel.protocol import Tag  # noqa: E402
 
 WORLD = MPI.COMM_WORLD
 ME = WORLD.Get_rank()
@@ -53,6 +55,33 @@ for _ in range(n):
     W.send(None, dest=client, tag=77)   # as a push's response says it has arrived
 """
 
+# The Python floor of a round trip: the same request and reply tuples, the same yielding
+# waits, a cached compiled command, and nothing else (no records, capture or interrupts).
+SERVER_FLOOR = """
+import os
+from mpi_kernel import job_world
+W = job_world()
+code = compile("1+1", "<floor>", "eval")
+for _ in range(n):
+    while not W.Iprobe(source=client, tag=77):
+        os.sched_yield()
+    kind, rid, command, mode, payload = W.recv(source=client, tag=77)
+    W.send((rid, eval(code, {}), True, None, 0.0, 0.0, "", ""), dest=client, tag=77)
+"""
+# Counts the bytecodes a server runs per request (the deterministic part of its cost).
+SERVER_BYTECODES = """
+import sys
+_ops = [0]
+def _trace(frame, event, arg):
+    frame.f_trace_opcodes = True
+    def local(frame, event, arg):
+        if event == "opcode":
+            _ops[0] += 1
+        return local
+    return None if frame.f_code.co_name == "wait" else local
+sys.settrace(_trace)
+"""
+
 
 def raw_pingpong(client: MPICommandClient, servers: list[int], reps: int, polite: bool) -> list[float]:
     """Pickled send/recv on COMM_WORLD. `polite` waits yield the core between probes."""
@@ -72,6 +101,64 @@ def raw_pingpong(client: MPICommandClient, servers: list[int], reps: int, polite
     samples = timed(once, reps, warmup=50)
     client.get_command_response(ids, True)
     return samples
+
+
+def python_floor(client: MPICommandClient, reps: int) -> list[float]:
+    """Round trips of bare Python loops on both sides (SERVER_FLOOR), on COMM_WORLD."""
+    ids = client.push_command_request(SERVER_FLOOR, False, [0], {"n": reps + 50, "client": ME})
+    request = ("command", 1, "1+1", "eval", None)
+
+    def once() -> None:
+        WORLD.send(request, dest=0, tag=TAG)
+        while not WORLD.Iprobe(source=0, tag=TAG):
+            os.sched_yield()
+        WORLD.recv(source=0, tag=TAG)
+
+    samples = timed(once, reps, warmup=50)
+    client.get_command_response(ids, True)
+    return samples
+
+
+def bare_client(client: MPICommandClient, reps: int) -> list[float]:
+    """Round trips of a bare Python loop on the client against mpi-kernel's own server:
+    the server's share of a round trip. It uses the client's internals (its communicator,
+    ids and lock: held, so the service thread takes no response)."""
+    comm, status = client._comm, MPI.Status()
+
+    def once() -> None:
+        request = ("command", next(client._ids), "1+1", "eval", None)
+        comm.Send([pickle.dumps(request, protocol=5), MPI.BYTE], 0, Tag.REQUEST)
+        while not comm.Iprobe(source=0, tag=Tag.RESPONSE):
+            os.sched_yield()
+        comm.mprobe(0, Tag.RESPONSE, status).recv()
+
+    with client._lock:
+        return timed(once, reps, warmup=200)
+
+
+def bytecodes(client: MPICommandClient, reps: int = 200) -> dict:
+    """Python bytecodes run per push_command_request("1+1", True, [0]), waits left out, on
+    the client and on the server: a count that does not depend on the machine's noise."""
+    count = [0]
+
+    def trace(frame, event, arg):  # type: ignore[no-untyped-def]
+        frame.f_trace_opcodes = True
+
+        def local(frame, event, arg):  # type: ignore[no-untyped-def]
+            if event == "opcode":
+                count[0] += 1
+            return local
+        return None if frame.f_code.co_name == "wait" else local
+
+    client.push_command_request(SERVER_BYTECODES, True, [0])
+    sys.settrace(trace)
+    for _ in range(reps):
+        client.push_command_request("1+1", True, [0])
+    sys.settrace(None)
+    client.push_command_request("sys.settrace(None)", True, [0])
+    server = client.pull("_ops", [0])[0][0]
+    # The server counted the requests that started and stopped its count as well.
+    return {"client": count[0] / reps, "server": server / (reps + 1)}
 
 
 def raw_send(client: MPICommandClient, array: np.ndarray, reps: int) -> list[float]:
@@ -144,6 +231,9 @@ def main() -> None:
     out["raw_pingpong"] = summarize(raw_pingpong(client, [0], reps, polite=False))
     out["raw_fanout"] = summarize(raw_pingpong(client, servers, reps, polite=True))
     out["roundtrip"] = summarize(timed(lambda: client.push_command_request("1+1", True, [0]), reps, 200))
+    out["python_floor"] = summarize(python_floor(client, reps))
+    out["bare_client"] = summarize(bare_client(client, reps))
+    out["bytecodes"] = bytecodes(client)
     out["fanout"] = summarize(timed(lambda: client.push_command_request("1+1", True, servers), reps, 50))
     out["throughput_per_s"] = throughput(client, max(reps, 3000))
     out["lb_map_per_s"] = lb_map(client, 10_000 if reps >= 1000 else 1_000)

@@ -17,6 +17,20 @@ def rows(results: dict) -> list[dict]:
         _row("eval round trip, 1 server", med("roundtrip"), "us", med("raw_pingpong"),
              "raw pickled ping-pong", med("roundtrip") / med("raw_pingpong"), "<= 3x",
              med("roundtrip") <= 3 * med("raw_pingpong"), core["roundtrip"]["p99_us"]),
+    ]
+    if "python_floor" in core:  # where a round trip's time goes (benchmark notes in the README)
+        raw = med("raw_pingpong")
+        out += [
+            _row("round trip, bare Python loops on both sides (same waits)", med("python_floor"), "us", raw,
+                 "raw pickled ping-pong", med("python_floor") / raw, "", None),
+            _row("round trip, bare client loop and mpi-kernel's server", med("bare_client"), "us", raw,
+                 "raw pickled ping-pong", med("bare_client") / raw, "", None),
+            _row("round trip: Python bytecodes on the client", core["bytecodes"]["client"], "bytecodes",
+                 None, "", None, "", None),
+            _row("round trip: Python bytecodes on the server", core["bytecodes"]["server"], "bytecodes",
+                 None, "", None, "", None),
+        ]
+    out += [
         _row("eval fan-out, 3 servers", med("fanout"), "us", med("raw_fanout"),
              "raw fan-out (yielding waits)", med("fanout") / med("raw_fanout"), "<= 3x",
              med("fanout") <= 3 * med("raw_fanout"), core["fanout"]["p99_us"]),

@@ -25,6 +25,7 @@ from .monitor import MonitorClient
 from .protocol import Tag
 
 log = logging.getLogger("mpi_kernel.client")
+ANY_SOURCE, ANY_TAG = transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG
 # The service thread leaves the pumping to a thread that waited this recently (seconds).
 SERVICE_GRACE = 5e-3
 StreamCallback = Callable[[int, "int | None", str, str], None]
@@ -513,21 +514,22 @@ class MPICommandClient(Configurable):
         just answered): looking at all of them after each response made a fan-out's cost
         grow with the square of its size.
         """
-        if not self._encoded:  # it holds exactly the queued requests
+        encoded = self._encoded
+        if not encoded:  # it holds exactly the queued requests
             return
+        inflight, table, queues, comm = self._inflight, self._monitor.table, self._queues, self._comm
         for server in servers:
-            if self._inflight[server] is not None or self._monitor.table[server].timeout:
+            if inflight[server] is not None or table[server].timeout:
                 continue
-            queue = self._queues[server] or self._any_queue
+            queue = queues[server] or self._any_queue
             if not queue:
                 continue
             request_id = queue.popleft()
             request = self._requests[request_id]
-            sends = transport.send_encoded(self._comm, self._encoded.pop(request_id), server,
-                                           Tag.REQUEST, wait=False)
+            sends = transport.send_encoded(comm, encoded.pop(request_id), server, Tag.REQUEST, wait=False)
             if sends:
                 self._sends.extend(sends)
-            self._inflight[server] = request_id
+            inflight[server] = request_id
             request["server"], request["status"], request["sent_at"] = server, protocol.REQUEST_SENT, time.time()
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
@@ -548,13 +550,13 @@ class MPICommandClient(Configurable):
         """
         got_any = False
         answered: list[int] = []  # servers that may take their next request now
-        status = self._status
+        status, comm = self._status, self._comm
         # Callers on the main thread hold a DeferredSigint, so a matched message is never lost.
-        while (msg := self._comm.improbe(transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG, status)):
+        while (msg := comm.improbe(ANY_SOURCE, ANY_TAG, status)):
             got_any = True
             source, tag = status.Get_source(), status.Get_tag()
             try:
-                message = transport.receive(self._comm, msg, status)
+                message = transport.receive(comm, msg, status)
             except transport.DecodeError as exc:
                 message = self._undecodable(source, tag, exc)
             if message is None:
@@ -589,9 +591,10 @@ class MPICommandClient(Configurable):
     def _on_response(self, server: int, reply: tuple) -> None:
         # A reply without an id answers the request the server was running (see _undecodable
         # and MPICommandServer._refuse): each server has at most one in flight.
-        request_id = self._inflight[server] if reply[0] is None else reply[0]
-        if self._inflight[server] == request_id:
-            self._inflight[server] = None
+        inflight = self._inflight
+        request_id = inflight[server] if reply[0] is None else reply[0]
+        if inflight[server] == request_id:
+            inflight[server] = None
         request = self._requests.get(request_id)
         if request is None or "forgotten" in request:  # the server is free again all the same
             log.info("response to forgotten request %d from server %d dropped", request_id, server)
@@ -663,13 +666,20 @@ class MPICommandClient(Configurable):
         remaining = collections.deque(ids)
         provisional: set[int] = set()  # settled by a timeout response: their server may recover
 
+        responses, table = self._responses, self._monitor.table
+
         def pending() -> collections.deque:
             # Responses come back roughly in order: checking from the front keeps each
-            # check O(1) even when thousands of ids are awaited.
-            while remaining and self._settled(remaining[0]):
-                request_id = remaining.popleft()
-                if self._responses[request_id]["status"] == protocol.TIMEOUT:
-                    provisional.add(request_id)
+            # check O(1) even when thousands of ids are awaited. (_settled, inlined.)
+            while remaining:
+                response = responses.get(remaining[0])
+                if response is None:
+                    break
+                if response["status"] == protocol.TIMEOUT:
+                    if not table[response["server"]].timeout:
+                        break  # its server answers again: wait for the real response
+                    provisional.add(remaining[0])
+                remaining.popleft()
             if not remaining and provisional:
                 remaining.extend(i for i in provisional if not self._settled(i))
             return remaining
@@ -736,7 +746,7 @@ class MPICommandClient(Configurable):
         oversubscribed host it starves the servers (fan-out measured 2x slower)."""
         if not self._oversubscribed:
             return 20e-6
-        busy = sum(1 for request in self._inflight.values() if request is not None)
+        busy = len(self._inflight) - list(self._inflight.values()).count(None)
         return 20e-6 if busy + 1 <= self._cores else 0.0
 
     def _service_loop(self) -> None:

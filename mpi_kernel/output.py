@@ -43,11 +43,12 @@ class OutputCapture:
     def begin(self, request_id: int, keep: bool = True) -> None:
         """A command starts; with `keep` False its output is only streamed (a cell whose
         output the client shows from the stream keeps no copy for its response)."""
-        with self._lock:
-            if self._pending:
-                self._flush_locked()
-            self._request_id = request_id
-            self._keep = keep
+        if self._pending:  # written between commands (a thread of the user's): sent on its own
+            self.flush()
+        # Without the lock (on every request's path): each store is atomic, and a writer in
+        # another thread sees the old command or the new one, as it would a moment earlier.
+        self._keep = keep
+        self._request_id = request_id
 
     def end(self) -> tuple[str, str]:
         """Flush what is pending and return the command's (stdout, stderr)."""
@@ -55,13 +56,13 @@ class OutputCapture:
             if self._pending:
                 self._flush_locked()
             self._request_id = None
-            out, err = self._kept["stdout"], self._kept["stderr"]
-            if not (out or err):
+            kept = self._kept
+            if not (kept["stdout"] or kept["stderr"]):  # the usual case: nothing was printed
                 return "", ""
             sizes = self._kept_size
             self._kept = {"stdout": [], "stderr": []}
             self._kept_size = {"stdout": 0, "stderr": 0}
-        return _joined(out, sizes["stdout"]), _joined(err, sizes["stderr"])
+        return _joined(kept["stdout"], sizes["stdout"]), _joined(kept["stderr"], sizes["stderr"])
 
     @property
     def active(self) -> bool:

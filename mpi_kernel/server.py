@@ -98,6 +98,7 @@ class MPICommandServer:
 
     def _setup(self, env: environment.MPIEnvironment) -> None:
         self.env = env
+        self._framework, self._client = env.framework, env.client_rank  # read on every reply
         self._filename = f"<server {env.rank}>"
         self.worlds = usercomm.worlds
         # `__name__` is "__main__", so a pasted program's `if __name__ == "__main__":` runs.
@@ -126,7 +127,7 @@ class MPICommandServer:
 
     # -- messages to the client ----------------------------------------------------------
     def send_event(self, kind: str, payload: Any) -> None:
-        transport.send(self.env.framework, (kind, payload), self.env.client_rank, Tag.EVENT)
+        transport.send(self._framework, (kind, payload), self._client, Tag.EVENT)
 
     def _send_stream(self, request_id: int | None, name: str, text: str) -> None:
         self.send_event(protocol.STREAM, (request_id, name, text))
@@ -191,7 +192,8 @@ class MPICommandServer:
         self.monitor.start()
         comm, client, stopping = self.env.framework, self.env.client_rank, self.monitor.stopping
         status = transport.MPI.Status()
-        backoff = transport.Backoff()
+        # Busy-poll the first 20 us when every rank here has a core (as the client's waits do).
+        backoff = transport.Backoff(hot=0.0 if self.env.oversubscribed else 20e-6)
         probe = functools.partial(comm.Iprobe, client, Tag.REQUEST)
         try:
             while not stopping.is_set():
@@ -231,7 +233,7 @@ class MPICommandServer:
                     f"{exc}. Keep it on the server (assign it to a variable) or return a picklable "
                     f"value.\n")
             encoded = transport.encode(protocol.make_reply(request_id, None, False, text, *reply[4:]))
-        transport.send_encoded(self.env.framework, encoded, self.env.client_rank, Tag.RESPONSE)
+        transport.send_encoded(self._framework, encoded, self._client, Tag.RESPONSE)
 
     def _refuse(self, exc: transport.DecodeError) -> None:
         """Answer a request that cannot be unpickled here. Its id is inside it, so the
