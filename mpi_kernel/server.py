@@ -110,6 +110,7 @@ class MPICommandServer:
         self._current: tuple[int, str, float] | None = None  # (id, command, start time)
         self._world_group: Any = None  # COMM_WORLD's group, made on the first stack report
         self._armed = False  # True only while user code runs: SIGINT may raise then
+        self._in_body = False  # True while a request's body runs (its preparation included)
         self._interrupt_for: int | None = None  # the request an interrupt was sent for
         self._serving = False
         self._main = threading.main_thread().ident
@@ -269,12 +270,14 @@ class MPICommandServer:
         ret, ok, tb = None, True, None
         local = bool(cell and cell.get("local"))
         try:
+            self._in_body = True
             if local:
                 self.worlds.select(True)
             ret = body()
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
             ok, tb = False, self._format_traceback(exc, command, cell is not None)
         finally:
+            self._in_body = False
             self.worlds.select(False)  # also undoes a user's own MPI.COMM_WORLD = ...
             if params:  # parameters live for one command only (guide 5.4)
                 for key in params:
@@ -336,6 +339,11 @@ class MPICommandServer:
         linecache.cache[self._filename] = (len(command), None, command.splitlines(True), self._filename)
 
     def _format_traceback(self, exc: BaseException, source: str, cell: bool) -> str:
+        if self.monitor.stopping.is_set():
+            # The services stop: no IPython formatting, which would import IPython again
+            # when the stop interrupted its import (a kernel shut down as it started), and
+            # at 16 ranks on 2 cores outlast the stop's grace.
+            return f"{type(exc).__name__}: interrupted by stop_services()\n"
         self._show_source(source)
         if cell:
             try:
@@ -383,8 +391,11 @@ class MPICommandServer:
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         # Only inside user code: elsewhere the interrupt waits for _arm (or for nothing,
-        # if its request has ended).
-        if self._armed and self._interrupted():
+        # if its request has ended). When the services stop, the preparation is cut short
+        # too: loading IPython for a first cell takes seconds on shared cores, longer than
+        # the stop's grace, and what it leaves half-imported no longer matters.
+        armed = self._armed or (self._in_body and self.monitor.stopping.is_set())
+        if armed and self._interrupted():
             raise KeyboardInterrupt
 
 

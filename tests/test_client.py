@@ -185,3 +185,18 @@ def test_client_outside_the_launcher_fails_clearly():
     assert proc.returncode == 1
     assert "mpi-kernel is not running in this process" in proc.stderr
     assert "-m mpi_kernel script.py" in proc.stderr
+
+
+def test_a_stop_cuts_short_a_first_cell_still_loading_ipython(job):
+    """A kernel shut down as it starts: the servers are still loading IPython for their first
+    cell, which an interrupt does not cut short (it waits until user code runs). A stop does:
+    the servers confirm within its grace instead of finishing the import, and nothing aborts."""
+    out = job("""
+        import json, time
+        c = MPICommandClient(stop_timeout=0.4)   # the servers' grace is half of it
+        c.start_services()
+        c.execute_cell("None", c.servers())
+        time.sleep(0.05)
+        print(json.dumps(c.stop_services()))
+    """, n=8)   # 7 servers on 2 cores: loading IPython takes them 0.5 s and more
+    assert last_json(out) == []
