@@ -462,6 +462,8 @@ class MPICommandClient(Configurable):
         transport.send(self._comm, (kind, arg), server, Tag.CONTROL)
 
     def _require_running(self) -> None:
+        if self._state == "running":
+            return
         if self._state == "created":
             raise RuntimeError("the client services are not started: call start_services() first")
         if self._state == "stopped":
@@ -480,30 +482,30 @@ class MPICommandClient(Configurable):
         """Queue a request per (server or None for any, payload): all pickled before any is
         queued, so a value that cannot be pickled loses nothing; then send what can go."""
         with self._lock, transport.DeferredSigint():
-            table = self._monitor.table
-            for rank, _ in items:
+            table, ids = self._monitor.table, self._ids
+            messages = []  # nothing is queued before all are pickled and checked
+            for n, (rank, payload) in enumerate(items):
                 if rank is not None and table[rank].timeout:
                     raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
                                        f"for {self.server_timeout:g} s); choose another target")
-            messages = []
-            for n, (rank, payload) in enumerate(items):
-                request = protocol.make_request(kind, next(self._ids), command, mode, payload)
+                request = protocol.make_request(kind, next(ids), command, mode, payload)
                 try:
                     messages.append((rank, request[1], transport.encode(request, plain=payload is None)))
                 except Exception as exc:
                     per_task = len({id(payload) for _, payload in items}) > 1  # name the failing task
                     raise _unpicklable(command, exc, f" (task {n})" if per_task else "") from exc
             anyone = False
+            encoded, requests, queues = self._encoded, self._requests, self._queues
             for rank, request_id, message in messages:
-                self._encoded[request_id] = message
-                self._requests[request_id] = {"kind": kind, "id": request_id, "command": command,
-                                              "mode": mode, "parameters": parameters, "server": rank,
-                                              "status": protocol.HOLDING_QUEUE}
+                encoded[request_id] = message
+                requests[request_id] = {"kind": kind, "id": request_id, "command": command,
+                                        "mode": mode, "parameters": parameters, "server": rank,
+                                        "status": protocol.HOLDING_QUEUE}
                 if rank is None:
                     anyone = True
                     self._any_queue.append(request_id)
                 else:
-                    self._queues[rank].append(request_id)
+                    queues[rank].append(request_id)
             self._dispatch(self._servers if anyone else [rank for rank, _ in items])
         return [request_id for _, request_id, _ in messages]
 

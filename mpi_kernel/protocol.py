@@ -116,11 +116,11 @@ def check_targets(target: Any, servers: list[int]) -> list[int] | None:
         return None
     # The common cases, checked cheaply (a range test, not a search): every command's path.
     if type(target) is list and target:
-        count = len(servers)
         if len(target) == 1:
-            if type(target[0]) is int and 0 <= target[0] < count:
+            first = target[0]
+            if type(first) is int and 0 <= first < len(servers):
                 return target
-        elif all(type(r) is int and 0 <= r < count for r in target):
+        elif all(type(r) is int and 0 <= r < len(servers) for r in target):
             return target
     valid = f"valid server ranks are {format_ranks(servers)}"
     if isinstance(target, bool) or not isinstance(target, (int, list, tuple)):
