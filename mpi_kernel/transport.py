@@ -42,7 +42,8 @@ class Backoff:
     - then sleeps doubling up to `cap`, and after `idle_after` s up to `idle_cap`:
       each wake-up costs 26-40 us of CPU on these VMs, so 2 ms sleeps alone would
       use 1.3-2% of a core. The first command after a long pause waits up to
-      `idle_cap` (10 ms) longer, which nobody at a notebook can notice.
+      `idle_cap` (10 ms; 20 ms in a server's main loop) longer, which nobody at a notebook
+      can notice.
     """
 
     def __init__(self, spin: float = 1e-3, start: float = 50e-6, warm: float = 0.05,
