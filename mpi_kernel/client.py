@@ -482,13 +482,13 @@ class MPICommandClient(Configurable):
         """Queue a request per (server or None for any, payload): all pickled before any is
         queued, so a value that cannot be pickled loses nothing; then send what can go."""
         with self._lock, transport.DeferredSigint():
-            table, ids = self._monitor.table, self._ids
+            table, counter = self._monitor.table, self._ids
             messages = []  # nothing is queued before all are pickled and checked
             for n, (rank, payload) in enumerate(items):
                 if rank is not None and table[rank].timeout:
                     raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
                                        f"for {self.server_timeout:g} s); choose another target")
-                request = protocol.make_request(kind, next(ids), command, mode, payload)
+                request = protocol.make_request(kind, next(counter), command, mode, payload)
                 try:
                     messages.append((rank, request[1], transport.encode(request, plain=payload is None)))
                 except Exception as exc:
@@ -719,14 +719,18 @@ class MPICommandClient(Configurable):
                 with self._lock:
                     left = pending()
                 # Wait first, then pump: right after a request is sent its answer is not
-                # there yet, and a pump that finds nothing was a tenth of a round trip.
-                while left and (deadline is None or time.monotonic() <= deadline):
-                    sigint.check()  # Ctrl-C surfaces here, with the state consistent
-                    backoff.wait(self._comm.Iprobe)  # returns as soon as a message waits
+                # there yet, and a pump that finds nothing was a tenth of a round trip. A wait
+                # whose time is up still pumps once (timeout=0 asks what has come).
+                while left:
+                    if deadline is None or time.monotonic() <= deadline:
+                        sigint.check()  # Ctrl-C surfaces here, with the state consistent
+                        backoff.wait(self._comm.Iprobe)  # returns as soon as a message waits
                     with self._lock:
                         if self._pump():
                             backoff.reset()
                         left = pending()
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
                 return left
             finally:
                 self._waiters -= 1

@@ -278,6 +278,7 @@ class MPICommandServer:
                 self.worlds.select(True)
             ret = body()
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
+            self._in_body = False
             ok, tb = False, self._format_traceback(exc, command, cell is not None)
         finally:
             self._in_body = False

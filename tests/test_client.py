@@ -200,3 +200,18 @@ def test_a_stop_cuts_short_a_first_cell_still_loading_ipython(job):
         print(json.dumps(c.stop_services()))
     """, n=8)   # 7 servers on 2 cores: loading IPython takes them 0.5 s and more
     assert last_json(out) == []
+
+
+def test_a_wait_with_no_time_left_still_takes_what_has_come(job):
+    """wait(ids, timeout=0) answers at once: True for a request that has been answered (it
+    receives what is waiting, as the service thread may not have yet), False for one running."""
+    out = job("""
+        import json, time
+        c = MPICommandClient()
+        c.start_services()
+        ids = c.push_command_request("1+1", False, [0])
+        time.sleep(0.3)   # the answer waits in MPI; the service thread may or may not have it
+        print(json.dumps([c.wait(ids, timeout=0), c.wait(c.push_command_request("__import__('time').sleep(5)", False, [1]), timeout=0)]))
+        c.interrupt()
+    """)
+    assert last_json(out) == [True, False]
