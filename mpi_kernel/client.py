@@ -328,8 +328,11 @@ class MPICommandClient(Configurable):
             return {i: self._requests[i]["server"] for i in ids if i in self._encoded}
 
     def timed_out(self) -> list[int]:
-        """The servers in timeout now."""
-        with self._lock:
+        """The servers in timeout now, after taking the messages that have come (a server
+        that answers again has a pong waiting, and nobody may have pumped since)."""
+        with self._lock, transport.DeferredSigint():
+            if self._state == "running":
+                self._pump()
             return [rank for rank, status in self._monitor.table.items() if status.timeout]
 
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
@@ -486,8 +489,10 @@ class MPICommandClient(Configurable):
             messages = []  # nothing is queued before all are pickled and checked
             for n, (rank, payload) in enumerate(items):
                 if rank is not None and table[rank].timeout:
-                    raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
-                                       f"for {self.server_timeout:g} s); choose another target")
+                    self._pump()  # a pong may be waiting: take it before refusing the target
+                    if table[rank].timeout:
+                        raise RuntimeError(f"server {rank} is in timeout (it has not answered the "
+                                           f"monitor for {self.server_timeout:g} s); choose another target")
                 request = protocol.make_request(kind, next(counter), command, mode, payload)
                 try:
                     messages.append((rank, request[1], transport.encode(request, plain=payload is None)))
