@@ -68,8 +68,10 @@ for _ in range(n):
     kind, rid, command, mode, payload = W.recv(source=client, tag=77)
     W.send((rid, eval(code, {}), True, None, 0.0, 0.0, "", ""), dest=client, tag=77)
 """
-# Counts the bytecodes a server runs per request (the deterministic part of its cost).
-SERVER_BYTECODES = """
+# Counts the bytecodes a thread runs, its waits (transport.Backoff.wait) left out: the
+# deterministic part of a request's cost. Run on the server as a command and on the client
+# by exec, so both sides count alike.
+BYTECODE_COUNTER = """
 import sys
 _ops = [0]
 def _trace(frame, event, arg):
@@ -79,7 +81,6 @@ def _trace(frame, event, arg):
             _ops[0] += 1
         return local
     return None if frame.f_code.co_name == "wait" else local
-sys.settrace(_trace)
 """
 
 
@@ -139,26 +140,17 @@ def bare_client(client: MPICommandClient, reps: int) -> list[float]:
 def bytecodes(client: MPICommandClient, reps: int = 200) -> dict:
     """Python bytecodes run per push_command_request("1+1", True, [0]), waits left out, on
     the client and on the server: a count that does not depend on the machine's noise."""
-    count = [0]
-
-    def trace(frame, event, arg):  # type: ignore[no-untyped-def]
-        frame.f_trace_opcodes = True
-
-        def local(frame, event, arg):  # type: ignore[no-untyped-def]
-            if event == "opcode":
-                count[0] += 1
-            return local
-        return None if frame.f_code.co_name == "wait" else local
-
-    client.push_command_request(SERVER_BYTECODES, True, [0])
-    sys.settrace(trace)
+    counter: dict = {}
+    exec(BYTECODE_COUNTER, counter)
+    client.push_command_request(BYTECODE_COUNTER + "sys.settrace(_trace)\n", True, [0])
+    sys.settrace(counter["_trace"])
     for _ in range(reps):
         client.push_command_request("1+1", True, [0])
     sys.settrace(None)
     client.push_command_request("sys.settrace(None)", True, [0])
     server = client.pull("_ops", [0])[0][0]
     # The server counted the requests that started and stopped its count as well.
-    return {"client": count[0] / reps, "server": server / (reps + 1)}
+    return {"client": counter["_ops"][0] / reps, "server": server / (reps + 1)}
 
 
 def raw_send(client: MPICommandClient, array: np.ndarray, reps: int) -> list[float]:

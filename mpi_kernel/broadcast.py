@@ -64,12 +64,6 @@ def worthwhile(mode: str, group: list[int], nbytes: int) -> bool:
     return len(group) >= 2 and (mode == "always" or (len(group) - 2) * nbytes >= SAVED_BYTES)
 
 
-def members(mode: str, servers: list[int], hosts: dict[int, str], client_host: str, nbytes: int) -> list[int]:
-    """The servers a push of `nbytes` should reach by broadcast ([]: send to each directly)."""
-    group = candidates(mode, servers, hosts, client_host)
-    return group if worthwhile(mode, group, nbytes) else []
-
-
 def _communicator(relay: MPI.Comm, group: list[int]) -> tuple[MPI.Comm, bool]:
     """The communicator of `group` (world ranks, the client last): the start-up one for the
     whole job, else a new one (True: free it after use)."""

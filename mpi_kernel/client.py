@@ -673,20 +673,13 @@ class MPICommandClient(Configurable):
         remaining = collections.deque(ids)
         provisional: set[int] = set()  # settled by a timeout response: their server may recover
 
-        responses, table = self._responses, self._monitor.table
-
         def pending() -> collections.deque:
             # Responses come back roughly in order: checking from the front keeps each
-            # check O(1) even when thousands of ids are awaited. (_settled, inlined.)
-            while remaining:
-                response = responses.get(remaining[0])
-                if response is None:
-                    break
-                if response["status"] == protocol.TIMEOUT:
-                    if not table[response["server"]].timeout:
-                        break  # its server answers again: wait for the real response
-                    provisional.add(remaining[0])
-                remaining.popleft()
+            # check O(1) even when thousands of ids are awaited.
+            while remaining and self._settled(remaining[0]):
+                request_id = remaining.popleft()
+                if self._responses[request_id]["status"] == protocol.TIMEOUT:
+                    provisional.add(request_id)
             if not remaining and provisional:
                 remaining.extend(i for i in provisional if not self._settled(i))
             return remaining

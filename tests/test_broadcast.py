@@ -73,7 +73,13 @@ def test_an_unpicklable_value_fails_before_anything_is_sent(job):
 
 
 def test_auto_broadcasts_only_to_servers_on_other_hosts_and_only_when_it_saves_enough():
-    from mpi_kernel.broadcast import members
+    from mpi_kernel.broadcast import candidates, worthwhile
+
+    def members(mode: str, servers: list, hosts: dict, client_host: str, nbytes: int) -> list:
+        """The servers a push reaches by broadcast, decided as MPICommandClient.push does."""
+        group = candidates(mode, servers, hosts, client_host)
+        return group if worthwhile(mode, group, nbytes) else []
+
     hosts = {0: "a", 1: "a", 2: "b", 3: "b", 4: "c", 5: "c"}
     assert members("auto", list(hosts), hosts, "a", 100 << 20) == [2, 3, 4, 5]
     assert members("auto", list(hosts), hosts, "a", 1 << 20) == []        # 2 copies saved: 2 MB
