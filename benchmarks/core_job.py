@@ -19,7 +19,7 @@ from mpi4py import MPI
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.stats import summarize, timed  # noqa: E402
 from mpi_kernel import MPICommandClient  # noqa: E402
-from mpi_kernel.protocol import Tag  # noqa: E402
+from mpi_kernel.framework.protocol import Tag  # noqa: E402
 
 WORLD = MPI.COMM_WORLD
 ME = WORLD.Get_rank()

@@ -20,7 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.stats import summarize, timed  # noqa: E402
 from benchmarks.core_job import SERVER_ECHO, TAG  # noqa: E402
-from mpi_kernel import MPICommandClient, transport  # noqa: E402
+from mpi_kernel import MPICommandClient  # noqa: E402
+from mpi_kernel.framework import transport  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 waiting = [0.0]

@@ -12,8 +12,8 @@ _magics: Any = None
 
 def load_ipython_extension(ipython: Any) -> None:
     global _magics
-    from mpi_kernel.client import MPICommandClient
-    from mpi_kernel.environment import MPIEnvironmentError
+    from mpi_kernel.framework.client import MPICommandClient
+    from mpi_kernel.errors import MPIEnvironmentError
 
     from .magics import MPIMagics
 

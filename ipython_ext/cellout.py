@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any, Iterable
 
-from mpi_kernel.protocol import format_ranks
+from mpi_kernel.framework.protocol import format_ranks
 
 Piece = tuple[tuple[int, ...], str, str]  # (ranks, stream name, text)
 MERGE_WINDOW = 0.2  # seconds a line waits for the same line from the other ranks

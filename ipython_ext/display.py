@@ -1,5 +1,5 @@
-"""How the servers' results look in the notebook: labelled output, merged errors,
-Out[rank:n] results and the progress line. (The live monitor is in monitor.py.)"""
+"""How the servers' results look in the notebook: labelled output, Out[rank:n] results
+and the progress line (merged errors are mpi_kernel.errors.RemoteError). (The live monitor is in monitor.py.)"""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,8 @@ from typing import Any, Iterable
 
 from IPython.display import display
 
-from mpi_kernel.protocol import format_ranks
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-RED, GREEN, CYAN, RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[39m"
+from mpi_kernel.errors import RED, RESET, ranks_word
+from mpi_kernel.framework.protocol import format_ranks
 
 
 class StreamPrinter:
@@ -117,63 +115,6 @@ def merge_results(results: list[tuple[int, dict]]) -> list[tuple[tuple[int, ...]
         key = json.dumps([ret["data"], ret.get("metadata")], sort_keys=True, default=repr)
         groups.setdefault(key, ([], ret))[0].append(rank)
     return [(tuple(ranks), ret) for ranks, ret in groups.values()]
-
-
-def merge_errors(failed: list[dict]) -> list[tuple[list[int], str]]:
-    """Group identical tracebacks: [(ranks, traceback)], in rank order."""
-    groups: dict[str, list[int]] = {}
-    for response in sorted(failed, key=lambda r: r["server"]):
-        groups.setdefault(response["traceback"] or "", []).append(response["server"])
-    return [(ranks, tb) for tb, ranks in groups.items()]
-
-
-def error_name(traceback_text: str) -> str:
-    """The exception's name, from the last line of a (possibly colored) traceback."""
-    plain = ANSI.sub("", traceback_text).strip()
-    last = plain.splitlines()[-1] if plain else "Error"
-    return last.split(":", 1)[0].strip() or "Error"
-
-
-class RemoteError(Exception):
-    """Raised by %%px when commands failed; IPython shows the merged per-rank tracebacks."""
-
-    def __init__(self, failed: list[dict], note: str = "") -> None:
-        self.groups = merge_errors(failed)
-        self.note = note
-        summary = "; ".join(f"{error_name(tb)} on {ranks_word(ranks)}" for ranks, tb in self.groups)
-        super().__init__(". ".join(part for part in (summary, note) if part))
-
-    def _render_traceback_(self) -> list[str]:
-        lines: list[str] = []
-        for ranks, tb in self.groups:
-            lines.append(f"{CYAN}[{error_name(tb)} on {ranks_word(ranks)}]{RESET}")
-            lines.extend(tb.rstrip("\n").splitlines())
-            lines.append("")
-        if self.note:
-            lines.append(self.note)
-        return lines
-
-
-class PxTimeout(RemoteError):
-    """Raised by %%px --timeout when servers were still busy."""
-
-
-class PxError(Exception):
-    """A %%px failure that is not one rank's error: shown as its message, without frames."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{RED}{type(self).__name__}{RESET}: {self}"]
-
-
-class PxInterrupted(KeyboardInterrupt):
-    """A second Ctrl-C while %%px was stopping the servers: one line, not the client's frames."""
-
-    _render_traceback_ = PxError._render_traceback_
-
-
-def ranks_word(ranks: list[int]) -> str:
-    """"rank 1" or "ranks 0-2"."""
-    return f"rank{'s' if len(ranks) > 1 else ''} {format_ranks(ranks)}"
 
 
 class ProgressLine:

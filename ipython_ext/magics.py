@@ -16,14 +16,15 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, Int, Unicode, default
 
-from mpi_kernel.asyncresult import AsyncResult
-from mpi_kernel.client import MPICommandClient, ServerError
-from mpi_kernel.protocol import format_ranks
-from mpi_kernel.stuck import explain
+from mpi_kernel.errors import PxError, PxInterrupted, PxTimeout, RemoteError, ServerError, error_name, ranks_word
+from mpi_kernel.framework.client import MPICommandClient
+from mpi_kernel.parallel.asyncresult import AsyncResult
+from mpi_kernel.framework.protocol import format_ranks
+from mpi_kernel.framework.stuck import explain
 
 from . import display as show
 from .cellout import CellOutput, Pacer, Spill, default_output_dir
-from .monitor import TILE_UP_TO, MonitorUpdater, show_monitor, summary
+from .live_monitor import TILE_UP_TO, MonitorUpdater, show_monitor, summary
 from .targets import parse_targets
 
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
@@ -110,10 +111,10 @@ class MPIMagics(Magics):
             raise UsageError("%px needs code to run, e.g. %px print(rank)")
         try:
             self._run_px(source, args)
-        except show.PxInterrupted:
+        except PxInterrupted:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
-            raise show.PxInterrupted("interrupted while stopping the servers; output they write "
+            raise PxInterrupted("interrupted while stopping the servers; output they write "
                                      "from now on shows in a later %%px cell") from None
 
     def _parse(self, magic: Any, line: str) -> Any:
@@ -158,7 +159,7 @@ class MPIMagics(Magics):
                                        keep_output=not args.block or args.out is not None)
         self._say_busy(ids)
         if args.verbose:
-            where = "the first idle server" if targets is None else show.ranks_word(targets)
+            where = "the first idle server" if targets is None else ranks_word(targets)
             print(f"[px] running on {where}{' and the client' if args.local else ''} "
                   f"(request{'s' if len(ids) > 1 else ''} {format_ranks(ids)})", flush=True)
         if not args.block:
@@ -180,7 +181,7 @@ class MPIMagics(Magics):
         try:
             self._wait(ids, timeout, out, local, args.progress_after)
             self._finish(ids, args.group_outputs, args.out, out)
-        except show.RemoteError as exc:
+        except RemoteError as exc:
             if not local_ok:
                 exc.note = "\n".join(filter(None, [exc.note, f"The client's part (rank {self._client_rank}) "
                                                              f"failed too: its traceback is above."]))
@@ -189,7 +190,7 @@ class MPIMagics(Magics):
             out.close()
             self.client.forget(ids)
         if not local_ok:  # only the client's part failed: the cell fails all the same
-            raise show.PxError(f"%%px --local: the cell failed on the client (rank {self._client_rank}); "
+            raise PxError(f"%%px --local: the cell failed on the client (rank {self._client_rank}); "
                                f"its traceback is above. It succeeded on the servers.")
         if args.verbose:
             print(f"[px] done in {time.monotonic() - started:.3f} s")
@@ -264,8 +265,8 @@ class MPIMagics(Magics):
             try:
                 answered = self.client.wait(ids, timeout=STOP_WAIT)
             except KeyboardInterrupt:
-                raise show.PxInterrupted(f"interrupted again: stopped waiting for "
-                                         f"{show.ranks_word(self._waiting(ids))}; output they write from "
+                raise PxInterrupted(f"interrupted again: stopped waiting for "
+                                         f"{ranks_word(self._waiting(ids))}; output they write from "
                                          f"now on shows in a later %%px cell") from None
             if not answered:
                 self._drain(ids)
@@ -287,7 +288,7 @@ class MPIMagics(Magics):
             self.client.interrupt(running)
 
     def _diagnosis(self, stuck: list[int], local: bool) -> tuple[list[tuple[str, bool]], dict]:
-        """What the `stuck` ranks are doing, from their stacks (mpi_kernel.stuck):
+        """What the `stuck` ranks are doing, from their stacks (mpi_kernel.framework.stuck):
         ([(advice, blocked)], {rank: stack report}). Every busy rank's stack is taken, so
         a collective's missing members can be named."""
         status = self.client.get_server_status()
@@ -307,14 +308,14 @@ class MPIMagics(Magics):
         self.client.wait(ids, timeout=3)
         self._drain(ids)
         if waiting:
-            lines = [f"%%px --timeout {timeout:g} s expired; still busy: {show.ranks_word(waiting)}"]
+            lines = [f"%%px --timeout {timeout:g} s expired; still busy: {ranks_word(waiting)}"]
         else:
             lines = [f"%%px --timeout {timeout:g} s expired; it had not started (its servers were busy "
                      f"with earlier work), and it was cancelled: it will not run"]
         if cancelled and waiting:
             queued_on = sorted({r["server"] for r in self.client.get_command_response(cancelled, False, False)
                                 if r["server"] is not None})
-            lines.append(f"Not started on {show.ranks_word(queued_on) if queued_on else 'any server'} "
+            lines.append(f"Not started on {ranks_word(queued_on) if queued_on else 'any server'} "
                          f"(busy with earlier work): cancelled there, it will not run.")
         for rank in waiting:
             command = (status[rank].get("command") or "").strip().splitlines()
@@ -329,8 +330,8 @@ class MPIMagics(Magics):
         # The interrupted ranks' KeyboardInterrupts are what the summary describes: other
         # errors (a rank that failed before the timeout) are shown beside it.
         failed = [r for r in self.client.get_command_response(ids, False, False)
-                  if not r["successful"] and show.error_name(r["traceback"] or "") != "KeyboardInterrupt"]
-        raise show.PxTimeout(failed, "\n".join(lines))
+                  if not r["successful"] and error_name(r["traceback"] or "") != "KeyboardInterrupt"]
+        raise PxTimeout.from_responses(failed, "\n".join(lines))
 
     def _stuck_note(self, ids: list[int], local: bool) -> str:
         """Say which ranks an interrupt did not stop, what they are doing, and what helps."""
@@ -410,7 +411,7 @@ class MPIMagics(Magics):
             self.shell.user_ns[name] = AsyncResult.done(ordered, _cell_values, "ranks")
         failed = [r for r in responses if not r["successful"]]
         if failed or note:
-            raise show.RemoteError(failed, note)
+            raise RemoteError.from_responses(failed, note)
 
     @magic_arguments()
     @argument("--targets", "-t", default=None, help="default servers of later %%px cells")
@@ -502,7 +503,7 @@ class MPIMagics(Magics):
             failed = [r for r in self.client.push_command_request(imports, True, targets)
                       if not r["successful"]]
             if failed:
-                raise show.RemoteError(failed)
+                raise RemoteError.from_responses(failed)
         print(f"pushed {', '.join(names)} to ranks {format_ranks(targets)}")
 
     @magic_arguments()
@@ -574,7 +575,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except ServerError as exc:
-        raise show.RemoteError(exc.responses) from None
+        raise RemoteError.from_responses(exc.responses) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -585,7 +586,7 @@ def _cell_values(rets: list) -> list:
 
 
 def _not_stopped(ranks: list[int], advice: list[tuple[str, bool]]) -> list[str]:
-    return [f"{show.ranks_word(ranks).capitalize()} did not stop after the interrupt:",
+    return [f"{ranks_word(ranks).capitalize()} did not stop after the interrupt:",
             *(line for line, _ in advice), "Work sent to them waits until they are free."]
 
 

@@ -25,7 +25,7 @@ USAGE = __doc__.split("\n\n")[1]
 
 def _run_client(argv: list[str]) -> int:
     """Run the script or code as __main__; return its exit status."""
-    from . import logs
+    from .framework import logs
     logs.configure_console(os.environ.get("MPI_KERNEL_LOG_LEVEL", "WARNING").upper())
     try:
         if argv[0] in ("-c", "-m") and len(argv) < 2:
@@ -53,8 +53,8 @@ def _run_client(argv: list[str]) -> int:
 
 
 def _stop_servers() -> None:
-    from .client import MPICommandClient
-    from .environment import abort
+    from .framework.client import MPICommandClient
+    from .framework.environment import abort
     if MPICommandClient().stop_services():
         abort(1)  # stuck servers would keep the job (and other hosts' ranks) alive for ever
 
@@ -70,18 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
-    from .jupyter import link
-    if link.ENV in os.environ:  # a rank of a supervised job: a guard reports how it ends
-        from .jupyter import guard
+    from .jupyter import guard, link
+    supervised = link.ENV in os.environ
+    if supervised:  # a rank of a supervised job: a guard reports how it ends
         guard.guard()
-    from . import environment
+    from . import framework
+    from .errors import MPIEnvironmentError
+    from .framework import usercomm
     try:
-        env = environment.launch()
-    except environment.MPIEnvironmentError as exc:
+        env = framework.launch()
+    except MPIEnvironmentError as exc:
         print(f"mpi_kernel: error: {exc}", file=sys.stderr)
         return 2
+    if supervised:  # a user's MPI_Abort is reported in the guard's words
+        usercomm.abort_line = guard.abort_line
     if not env.is_client:
-        from .server import MPICommandServer
+        from .framework.server import MPICommandServer
+        from .jupyter.cells import CellRunner
+        MPICommandServer.cell_runner = CellRunner  # %%px cells: IPython's, from the layer above
         MPICommandServer().serve()
         return 0
     try:

@@ -1,7 +1,7 @@
 """The byte-bounded caches of the servers (no MPI)."""
 import linecache
 
-from mpi_kernel.bounded import BoundedCache, SourceKeeper
+from mpi_kernel.framework.bounded import BoundedCache, SourceKeeper
 
 
 def test_oldest_entries_go_first_when_bytes_or_entries_run_out():

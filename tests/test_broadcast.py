@@ -21,7 +21,7 @@ def test_a_big_push_reaches_every_target_by_broadcast_in_fifo_order(job):
         c.push({"b": big[:1000], "a": big * 2}, [0, 1, 3])     # a subset: a communicator of its own
         sub = [r["ret"] for r in c.push_command_request("float(a.sum()), len(b)", True, [0, 1, 3])]
         staged = [r["ret"] for r in c.push_command_request(
-            "len(__import__('mpi_kernel.server').server.MPICommandServer().broadcasts._staged)", True, everyone)]
+            "len(__import__('mpi_kernel.framework.server').framework.server.MPICommandServer().broadcasts._staged)", True, everyone)]
         print(json.dumps([sums, sub, float(big.sum()), next(c._broadcasts._ids), staged]))
     """, n=5)
     sums, sub, total, next_id, staged = last_json(out)
@@ -73,7 +73,7 @@ def test_an_unpicklable_value_fails_before_anything_is_sent(job):
 
 
 def test_auto_broadcasts_only_to_servers_on_other_hosts_and_only_when_it_saves_enough():
-    from mpi_kernel.broadcast import candidates, worthwhile
+    from mpi_kernel.framework.broadcast import candidates, worthwhile
 
     def members(mode: str, servers: list, hosts: dict, client_host: str, nbytes: int) -> list:
         """The servers a push reaches by broadcast, decided as MPICommandClient.push does."""

@@ -166,7 +166,7 @@ def mpi_settings() -> dict:
 
 
 def test_mismatched_launcher_hint():
-    code = ("from mpi_kernel import environment as e\n"
+    code = ("from mpi_kernel.framework import environment as e\n"
             "from mpi4py import MPI\n"
             "try:\n    e.check_world(MPI.THREAD_MULTIPLE, 1, 'Open MPI v5')\n"
             "except e.MPIEnvironmentError as exc:\n    print(exc)\n"

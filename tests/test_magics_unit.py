@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipython_ext.display import PxError, StreamPrinter
+from ipython_ext.display import StreamPrinter
+from mpi_kernel.errors import PxError
 from ipython_ext.magics import MPIMagics, _split_line, assigned_names, status_table
 from ipython_ext.targets import parse_targets
 
@@ -192,7 +193,7 @@ def test_fuzzed_magic_options_give_usage_errors_only(name, words):
 
 
 def test_the_monitor_summarises_256_ranks_in_one_line_and_a_grid_of_squares():
-    from ipython_ext.monitor import render, summary
+    from ipython_ext.live_monitor import render, summary
     status = {r: {"state": "idle", "host": "n1", "command": None, "elapsed": None} for r in range(256)}
     for r in (4, 17, 18, 19, 20, 21, 22, 23, 24, 25):
         status[r].update(state="busy", command="train()", elapsed=r / 10)

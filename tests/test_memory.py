@@ -2,7 +2,7 @@
 import pytest
 from conftest import last_json
 
-from mpi_kernel.memory import is_glibc
+from mpi_kernel.framework.memory import is_glibc
 
 # Where does a fresh 8 MiB array come from (mmap'd bytes), and does its memory stay
 # mapped at the top of the heap once freed (keepcost)? Both in MiB.

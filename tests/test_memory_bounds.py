@@ -1,7 +1,7 @@
 """Distinct big commands and cells do not pile up on any rank (issue: memory bounded).
 
 Memory is each rank's resident set after gc and glibc's malloc_trim: what the framework
-still holds, not the freed memory glibc keeps mapped for reuse (mpi_kernel.memory keeps
+still holds, not the freed memory glibc keeps mapped for reuse (mpi_kernel.framework.memory keeps
 up to 64 MiB so on purpose).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import last_json
 from kernel_helpers import install_kernelspec, run, start_kernel, text_of
-from mpi_kernel.memory import is_glibc
+from mpi_kernel.framework.memory import is_glibc
 
 pytestmark = pytest.mark.skipif(not is_glibc(), reason="malloc_trim is glibc's")
 LIMIT_MB = 64

@@ -1,5 +1,5 @@
 """Unit tests of the monitor's timeout decision (no MPI)."""
-from mpi_kernel.monitor import MonitorClient, is_timed_out
+from mpi_kernel.framework.monitor import MonitorClient, is_timed_out
 
 
 def test_is_timed_out():

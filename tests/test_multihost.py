@@ -131,7 +131,7 @@ def test_a_big_push_leaves_the_kernels_host_once_by_broadcast(kernel):
     _, kc = kernel
     status, out = run(kc, "import numpy as np\nbig = np.arange(3_000_000, dtype=np.float64)\n%mpi_push big")
     assert status == "ok", out
-    status, out = run(kc, "%%px\nfrom mpi_kernel.server import MPICommandServer\n"
+    status, out = run(kc, "%%px\nfrom mpi_kernel.framework.server import MPICommandServer\n"
                           "float(big.sum()), MPICommandServer().broadcasts.joined")
     assert status == "ok" and "Out[0-2:" in text_of(out) and f"({float(sum(range(3_000_000)))}, 1)" \
         in text_of(out), out

@@ -1,5 +1,5 @@
 """The server's output capture keeps a bounded copy for the response and streams it all (no MPI)."""
-from mpi_kernel.output import KEEP_CHARS, OutputCapture
+from mpi_kernel.framework.output import KEEP_CHARS, OutputCapture
 
 
 def test_a_response_keeps_the_first_megabyte_of_a_stream_and_says_how_much_more_was_streamed():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mpi_kernel.partition import bounds, join, split
+from mpi_kernel.framework.partition import bounds, join, split
 
 
 def test_bounds_follow_numpy_array_split():

@@ -1,7 +1,7 @@
 """Unit tests of the pure protocol module (no MPI)."""
 import pytest
 
-from mpi_kernel import protocol
+from mpi_kernel.framework import protocol
 
 
 def test_command_mode_eval_exec_and_syntax_error():

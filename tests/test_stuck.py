@@ -8,7 +8,7 @@ import types
 import pytest
 
 from kernel_helpers import ANSI, error_text, install_kernelspec, run, start_kernel, text_of
-from mpi_kernel import stuck
+from mpi_kernel.framework import stuck
 
 
 # -- describe and explain without MPI ------------------------------------------------------

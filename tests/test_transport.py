@@ -18,7 +18,7 @@ def test_deferred_sigint_semantics():
 
 
 def test_encode_keeps_large_buffers_out_of_band():
-    code = ("import pickle, numpy as np\nfrom mpi_kernel import transport\n"
+    code = ("import pickle, numpy as np\nfrom mpi_kernel.framework import transport\n"
             "big, small = np.arange(100_000.0), np.arange(10.0)\n"
             "data, bufs = transport.encode({'big': big, 'small': small})\n"
             "assert len(bufs) == 1 and bufs[0].nbytes == big.nbytes, bufs\n"

@@ -66,7 +66,7 @@ def test_failed_tasks_name_task_and_rank_and_keep_the_other_results(job):
     """)
     error, kept, bad, successful = last_json(out)
     assert error[0].startswith("ZeroDivisionError in tasks 0, 3, 6 on rank") and error[1] == [0, 3, 6] and error[2]
-    assert kept == [1.0, 0.5, 1.0, 0.5] and bad == ["RemoteTaskError"] * 3 and not successful
+    assert kept == [1.0, 0.5, 1.0, 0.5] and bad == ["RemoteError"] * 3 and not successful
 
 
 def test_executor_submit_map_and_cancel(job):
@@ -90,7 +90,7 @@ def test_executor_submit_map_and_cancel(job):
         print(json.dumps([value, results, exc, [f.cancelled() for f in slow], took]))
     """, timeout=90)
     value, results, exc, cancelled, took = last_json(out)
-    assert value == 6 and results == list(range(1, 11)) and exc == "RemoteTaskError"
+    assert value == 6 and results == list(range(1, 11)) and exc == "RemoteError"
     assert all(cancelled) and took < 4   # queued ones never ran, running ones were interrupted
 
 

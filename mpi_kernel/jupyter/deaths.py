@@ -35,7 +35,7 @@ def how(entry: dict) -> str:
         hint = HINTS.get(number)
         return f"killed by signal {number} ({signal_name(number)})" + (f": {hint}" if hint else "")
     code = entry.get("code")
-    if "abort" in entry:  # the rank said so itself (mpi_kernel.usercomm)
+    if "abort" in entry:  # the rank said so itself (mpi_kernel.framework.usercomm)
         return f"called MPI_Abort with errorcode {code} ({entry['abort']})"
     return f"exited with code {code}" + (" (MPI_Abort, sys.exit or os._exit?)" if code else "")
 

@@ -53,6 +53,12 @@ def record(status: int, rank: int | None, pid: int) -> dict | None:
     return {**entry, "code": code} if code else None
 
 
+def abort_line(entry: dict) -> str:
+    """The line a rank of a supervised job writes when it calls MPI_Abort itself (the
+    framework's usercomm.abort_line while supervised): the supervisor reads it like ours."""
+    return MARK + json.dumps(entry)
+
+
 def guard() -> None:
     """Fork; return in the child, which goes on to be the rank. The parent never returns."""
     parent = os.getpid()

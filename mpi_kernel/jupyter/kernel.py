@@ -20,8 +20,9 @@ import zmq
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
 
-from .. import __version__, environment
-from ..client import MPICommandClient
+from .. import __version__
+from ..framework import environment
+from ..framework.client import MPICommandClient
 from . import link
 
 log = logging.getLogger("mpi_kernel.kernel")

@@ -19,12 +19,10 @@ import os
 import socket
 from typing import Any
 
+from ..errors import LinkError
+
 ENV = "MPI_KERNEL_SUPERVISOR"  # JSON: LinkInfo, set by the supervisor for the launcher
 MAX_LINE = 1 << 20
-
-
-class LinkError(RuntimeError):
-    """A line that is malformed or not signed with the key."""
 
 
 @dataclasses.dataclass(frozen=True)

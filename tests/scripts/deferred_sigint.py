@@ -1,6 +1,6 @@
 """Checks of transport.DeferredSigint, run in a subprocess by test_transport.py."""
 import os, signal, time
-from mpi_kernel import transport
+from mpi_kernel.framework import transport
 # 1. deferred inside the block, raised at exit
 try:
     with transport.DeferredSigint():

@@ -11,7 +11,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from .asyncresult import AsyncResult, RemoteTaskError
+from ..errors import RemoteError
+from .asyncresult import AsyncResult
 
 
 class ViewExecutor(cf.Executor):
@@ -83,5 +84,5 @@ class ViewExecutor(cf.Executor):
                 if future.set_running_or_notify_cancel():
                     try:
                         future.set_result(result.get())
-                    except RemoteTaskError as exc:
+                    except RemoteError as exc:
                         future.set_exception(exc)

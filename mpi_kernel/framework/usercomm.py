@@ -21,7 +21,6 @@ reported, and an MPI.Finalize that refuses.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -30,11 +29,20 @@ from typing import Any, Callable, NoReturn
 from mpi4py import MPI
 
 from .environment import let_launcher_forward
-from .jupyter import guard, link
 
 _REAL_WORLD = MPI.COMM_WORLD
 # Called before an abort, to give the captured descriptors back (server.py adds one).
 before_abort: list[Callable[[], None]] = []
+
+
+def plain_abort_line(entry: dict) -> str:
+    return f"mpi-kernel: rank {entry['rank']} on {entry['host']} called MPI_Abort: {entry['abort']}"
+
+
+# The line that says which rank aborts: plain words, unless the job is supervised, where
+# __main__ puts in the guard's line, which the supervisor reads (jupyter/guard.py). The
+# framework knows no supervisor, so the layer above tells it how to say it.
+abort_line: Callable[[dict], str] = plain_abort_line
 
 
 class UserComm(MPI.Intracomm):
@@ -48,19 +56,15 @@ class UserComm(MPI.Intracomm):
 
 def announce_abort(errorcode: int, what: str) -> None:
     """Give the output descriptors back, then say which rank aborts on the job's stderr:
-    a line the supervisor reads when the job is supervised, plain words otherwise."""
+    `abort_line` words it."""
     for hook in before_abort:
         try:
             hook()
         except Exception:  # the abort must happen whatever a hook does
             pass
-    rank = _REAL_WORLD.Get_rank()
-    if link.ENV in os.environ:  # the guard's line, which the supervisor reads
-        entry = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
-                 "code": errorcode, "abort": what}
-        line = guard.MARK + json.dumps(entry)
-    else:
-        line = f"mpi-kernel: rank {rank} on {socket.gethostname()} called MPI_Abort: {what}"
+    entry = {"rank": _REAL_WORLD.Get_rank(), "host": socket.gethostname(), "pid": os.getpid(),
+             "code": errorcode, "abort": what}
+    line = abort_line(entry)
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(2, (line + "\n").encode())

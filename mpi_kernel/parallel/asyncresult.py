@@ -2,7 +2,7 @@
 
 Each task is one request of MPICommandClient; its value is the response's `ret`, turned
 into the task's result by a `finish` function (a map chunk gives a list). Failures come
-back as RemoteTaskError, merged by identical traceback as %%px merges errors; the other
+back as RemoteError (mpi_kernel.errors), merged by identical traceback as %%px merges errors; the other
 tasks' results stay available through `get(return_exceptions=True)`.
 """
 from __future__ import annotations
@@ -11,44 +11,9 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-from .protocol import format_ranks
+from ..errors import Failure, RemoteError
 
 Finish = Callable[[list[Any]], Any]  # the tasks' values, in order -> the result
-
-
-class RemoteTaskError(RuntimeError):
-    """Tasks failed on the servers. `failures` is [(task index, rank, traceback)]."""
-
-    def __init__(self, failures: list[tuple[int, int | None, str]]) -> None:
-        self.failures = failures
-        groups: dict[str, list[tuple[int, int | None]]] = {}
-        for index, rank, text in failures:
-            groups.setdefault(text, []).append((index, rank))
-        self.groups = groups
-        parts = []
-        for text, where in groups.items():
-            ranks = sorted({r for _, r in where if r is not None})
-            parts.append(f"{_error_name(text)} in {_plural('task', [i for i, _ in where])}"
-                         + (f" on {_plural('rank', ranks)}" if ranks else ""))
-        super().__init__("; ".join(parts))
-
-    def __str__(self) -> str:
-        lines = [super().__str__()]
-        for text, where in self.groups.items():
-            lines += ["", f"[{_plural('task', [i for i, _ in where])}]", text.rstrip()]
-        return "\n".join(lines)
-
-    def _render_traceback_(self) -> list[str]:  # IPython: the remote tracebacks, not ours
-        return str(self).splitlines()
-
-
-def _plural(word: str, numbers: list[int]) -> str:
-    return f"{word}{'s' if len(numbers) > 1 else ''} {format_ranks(sorted(numbers))}"
-
-
-def _error_name(traceback_text: str) -> str:
-    last = traceback_text.strip().splitlines()[-1] if traceback_text.strip() else "Error"
-    return last.split(":", 1)[0].strip() or "Error"
 
 
 class AsyncResult:
@@ -142,7 +107,7 @@ class AsyncResult:
 
     # -- results -----------------------------------------------------------------------
     def get(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
-        """The result; raises TimeoutError if not done within `timeout`, RemoteTaskError if
+        """The result; raises TimeoutError if not done within `timeout`, RemoteError if
         tasks failed (with `return_exceptions`, failed tasks hold their error instead)."""
         if not self.wait(timeout):
             raise TimeoutError(f"{len(self.msg_ids) - self.progress} of {len(self.msg_ids)} "
@@ -153,11 +118,11 @@ class AsyncResult:
             if response["successful"]:
                 values.append(response["ret"])
             else:
-                failure = (task, response["server"], response["traceback"] or "")
+                failure = Failure(task, response["server"], response["traceback"] or "")
                 failures.append(failure)
-                values.append(RemoteTaskError([failure]))
+                values.append(RemoteError([failure]))
         if failures and not return_exceptions:
-            raise RemoteTaskError(failures) from None
+            raise RemoteError(failures) from None
         return self._finish(values)
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:

@@ -1,6 +1,7 @@
 """IPython-style cells on a server: last-expression results, display(), figures, tracebacks.
 
-Used for the %%px magic's requests (kind "cell"). A minimal IPython shell (no
+Used for the %%px magic's requests (kind "cell"): `python -m mpi_kernel` plugs CellRunner
+into the framework's server (MPICommandServer.cell_runner), which never imports IPython. A minimal IPython shell (no
 history, no display hooks) is created on first use, so `IPython.display.display`
 and `plt.show()` work on servers; what they publish is sent to the client as
 display data. Plain commands from the guide's API never load IPython.
@@ -8,22 +9,16 @@ display data. Plain commands from the guide's API never load IPython.
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 import sys
 from types import CodeType, TracebackType
 from typing import Any, Callable
 
-from .bounded import BoundedCache, SourceKeeper
+from ..framework.bounded import BoundedCache, SourceKeeper, source_hash
 
 Publish = Callable[[dict, dict, dict | None, bool], None]  # (data, metadata, transient, update)
 _BACKEND = "module://matplotlib_inline.backend_inline"
 _PLAIN = {int, float, complex, bool, str, bytes}
-
-
-def source_hash(source: str) -> str:
-    """The same on every rank for the same source, so identical errors merge."""
-    return hashlib.sha1(source.encode()).hexdigest()[:8]
 
 
 def cell_filename(source: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 from traitlets import Bool, Enum, Float, Int, default
 from traitlets.config import Configurable
 
+from ..errors import ServerError
 from . import broadcast, environment, logs, memory, partition, protocol, transport
 from .monitor import MonitorClient
 from .protocol import Tag
@@ -29,14 +30,6 @@ ANY_SOURCE, ANY_TAG = transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG
 # The service thread leaves the pumping to a thread that waited this recently (seconds).
 SERVICE_GRACE = 5e-3
 StreamCallback = Callable[[int, "int | None", str, str], None]
-
-
-class ServerError(RuntimeError):
-    """push, pull, scatter or gather failed on a server; `responses` holds every failed response."""
-
-    def __init__(self, message: str, responses: list[dict]) -> None:
-        super().__init__(message)
-        self.responses = responses
 
 
 def _unpicklable(command: str, exc: Exception, which: str = "") -> TypeError:
@@ -106,7 +99,7 @@ class MPICommandClient(Configurable):
         self._inflight: dict[int, int | None] = {s: None for s in self._servers}
         self._encoded: dict[int, tuple[bytes, list]] = {}  # queued requests, pickled at push time
         self._sends: list = []  # Isend/Ibcast requests of out-of-band buffers still in progress
-        self._broadcasts = broadcast.Sender(env.framework, env.relay, env.client_rank)
+        self._broadcasts = broadcast.Broadcaster(env.framework, env.bcast, env.client_rank)
         self._status = transport.MPI.Status()
         self._monitor = MonitorClient(self._servers, self.ping_interval, self.server_timeout)
         self._next_tick = 0.0
@@ -333,7 +326,7 @@ class MPICommandClient(Configurable):
         with self._lock, transport.DeferredSigint():
             if self._state == "running":
                 self._pump()
-            return [rank for rank, status in self._monitor.table.items() if status.timeout]
+            return [rank for rank, status in self._monitor.table.items() if status.timed_out]
 
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{request id: assigned server (None while queued for any server)} for ids without a response."""
@@ -488,9 +481,9 @@ class MPICommandClient(Configurable):
             table, counter = self._monitor.table, self._ids
             messages = []  # nothing is queued before all are pickled and checked
             for n, (rank, payload) in enumerate(items):
-                if rank is not None and table[rank].timeout:
+                if rank is not None and table[rank].timed_out:
                     self._pump()  # a pong may be waiting: take it before refusing the target
-                    if table[rank].timeout:
+                    if table[rank].timed_out:
                         raise RuntimeError(f"server {rank} is in timeout (it has not answered the "
                                            f"monitor for {self.server_timeout:g} s); choose another target")
                 request = protocol.make_request(kind, next(counter), command, mode, payload)
@@ -526,7 +519,7 @@ class MPICommandClient(Configurable):
             return
         inflight, table, queues, comm = self._inflight, self._monitor.table, self._queues, self._comm
         for server in servers:
-            if inflight[server] is not None or table[server].timeout:
+            if inflight[server] is not None or table[server].timed_out:
                 continue
             queue = queues[server] or self._any_queue
             if not queue:
@@ -693,7 +686,7 @@ class MPICommandClient(Configurable):
         response = self._responses.get(request_id)
         if response is None:
             return False
-        return response["status"] != protocol.TIMEOUT or self._monitor.table[response["server"]].timeout
+        return response["status"] != protocol.TIMEOUT or self._monitor.table[response["server"]].timed_out
 
     def _wait_for(self, ids: list[int], timeout: float | None) -> None:
         """Wait for the responses of `ids`; TimeoutError naming those that did not come."""

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from mpi4py import MPI
 
+from ..errors import DecodeError  # noqa: F401 - raised here, caught as transport.DecodeError
 from .protocol import Tag
 
 OOB_THRESHOLD = 64 * 1024  # buffers at least this large are sent out of band
@@ -81,10 +82,6 @@ class Backoff:
         time.sleep(self._delay)
         limit = self.warm_cap if idle < self.warm else self.idle_cap if idle > self.idle_after else self.cap
         self._delay = min(self._delay * 2, max(limit, self.start))
-
-
-class DecodeError(Exception):
-    """A message arrived (and was consumed) but could not be unpickled here."""
 
 
 class OutOfBand(tuple):

@@ -23,13 +23,13 @@ FLUSH_SIZE = 64 * 1024
 # 64 ranks printing 100,000 lines would otherwise put ~100 MB of responses in the kernel.
 KEEP_CHARS = 1 << 20
 
-Sender = Callable[[int | None, str, str], None]  # (request_id, stream name, text)
+StreamSink = Callable[[int | None, str, str], None]  # (request_id, stream name, text)
 
 
 class OutputCapture:
     """Collects what a command writes and streams it to the client."""
 
-    def __init__(self, send: Sender) -> None:
+    def __init__(self, send: StreamSink) -> None:
         self._send = send
         self._lock = threading.Lock()
         self._request_id: int | None = None

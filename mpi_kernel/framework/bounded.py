@@ -7,8 +7,14 @@ by entries only, 1,024 distinct 1 MB commands would keep a gigabyte on every ser
 from __future__ import annotations
 
 import collections
+import hashlib
 import linecache
 from typing import Any, Callable, Hashable
+
+
+def source_hash(source: str) -> str:
+    """A short name for a source text, the same on every rank, so identical errors merge."""
+    return hashlib.sha1(source.encode()).hexdigest()[:8]
 
 
 class BoundedCache:

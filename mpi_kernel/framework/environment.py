@@ -2,7 +2,8 @@
 
 The client is the top rank (N-1) and ranks 0..N-2 are servers, as in the
 mpi4casa guide (section 5.2). Every rank must call `launch()` once, because
-creating the framework's communicators is collective.
+creating the framework's communicators is collective; then `usercomm.install` gives
+user code its world (mpi_kernel.framework.launch does both).
 """
 from __future__ import annotations
 
@@ -17,21 +18,19 @@ import mpi4py
 mpi4py.rc.thread_level = "multiple"  # must be set before MPI is imported
 from mpi4py import MPI  # noqa: E402
 
+from ..errors import MPIEnvironmentError  # noqa: E402
+
 _LEVELS = {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE", MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
            MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED", MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDRA_CONTROL_FD",
                   "SLURM_PROCID")
 
 
-class MPIEnvironmentError(RuntimeError):
-    """The MPI world cannot host mpi-kernel; the message says why and how to fix it."""
-
-
 @dataclasses.dataclass(frozen=True)
 class MPIEnvironment:
     world: MPI.Comm       # COMM_WORLD, for user code
     framework: MPI.Comm   # private Dup: framework traffic only
-    relay: MPI.Comm       # private Dup: broadcasts from the client (broadcast.py)
+    bcast: MPI.Comm       # private Dup: broadcasts from the client (broadcast.py)
     servers: MPI.Comm     # servers-only communicator (COMM_NULL on the client)
     rank: int
     size: int
@@ -108,18 +107,16 @@ def launch() -> MPIEnvironment:
     rank, size = world.Get_rank(), world.Get_size()
     framework = world.Dup()
     framework.Set_name("mpi_kernel.framework")
-    relay = world.Dup()
-    relay.Set_name("mpi_kernel.relay")
+    bcast = world.Dup()
+    bcast.Set_name("mpi_kernel.bcast")
     servers = world.Split(MPI.UNDEFINED if rank == size - 1 else 0, rank)
     if servers != MPI.COMM_NULL:
         servers.Set_name("the servers' world")
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_size = node.Get_size()
     node.Free()
-    _current = MPIEnvironment(world, framework, relay, servers, rank, size, socket.gethostname(), library,
+    _current = MPIEnvironment(world, framework, bcast, servers, rank, size, socket.gethostname(), library,
                               local_size)
-    from . import usercomm
-    usercomm.install(world, servers)  # after the framework took the real COMM_WORLD
     return _current
 
 

@@ -1,8 +1,10 @@
 """MPICommandServer: runs on ranks 0..N-2, executes what the client sends.
 
 The main thread receives requests and runs them in one persistent namespace;
-the monitor thread (monitor.MonitorServer) answers pings, relays interrupts and
-flushes output. An interrupt is a SIGINT sent to the main thread, whose handler
+the control thread (control.ControlThread) answers pings, relays interrupts and
+flushes output. IPython-style cells (the %%px requests) run through a cell runner
+that the layer above plugs in (`MPICommandServer.cell_runner`): the framework itself
+never imports IPython. An interrupt is a SIGINT sent to the main thread, whose handler
 raises KeyboardInterrupt only while user code runs, so a late interrupt can
 never break the framework's own loop.
 """
@@ -20,14 +22,13 @@ import time
 import traceback
 import types
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from . import broadcast, environment, logs, memory, protocol, stuck, transport, usercomm
-from .bounded import BoundedCache, SourceKeeper
-from .monitor import MonitorServer, pthread_interrupt
+from .bounded import BoundedCache, SourceKeeper, source_hash
+from .control import ControlThread, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Tag
-from .rich import CellRunner, source_hash
 
 log = logging.getLogger("mpi_kernel.server")
 # Compiled commands, and the sources kept for tracebacks: bounded by bytes as well as
@@ -35,15 +36,15 @@ log = logging.getLogger("mpi_kernel.server")
 CODE_CACHE = (1024, 16 << 20)
 
 
-def _user_frames(exc: BaseException) -> TracebackType | None:
+def _user_frames(exc: BaseException, framework_files: set[str]) -> TracebackType | None:
     """The traceback without the framework's own frames (the exec call at its top,
     the SIGINT handler that raised an interrupt at its bottom)."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in _FRAMEWORK_FILES:
+    while tb is not None and tb.tb_frame.f_code.co_filename in framework_files:
         tb = tb.tb_next
     link = tb
     while link is not None and link.tb_next is not None:
-        if link.tb_next.tb_frame.f_code.co_filename in _FRAMEWORK_FILES:
+        if link.tb_next.tb_frame.f_code.co_filename in framework_files:
             link.tb_next = None
         link = link.tb_next
     return tb
@@ -84,6 +85,10 @@ class MPICommandServer:
     """The one command server of a server rank (a singleton, as in the guide)."""
 
     _instance: "MPICommandServer | None" = None
+    # Makes the runner of IPython-style cells: (namespace, publish display data, source
+    # keeper) -> an object with compile, run, result and traceback (jupyter/cells.py's
+    # CellRunner, which `python -m mpi_kernel` plugs in). None: cell requests fail.
+    cell_runner: Callable[[dict, Callable, SourceKeeper], Any] | None = None
 
     def __new__(cls) -> "MPICommandServer":
         if cls._instance is None:
@@ -120,11 +125,14 @@ class MPICommandServer:
                          protocol.PULL: self._pull, protocol.CELL: self._run_cell,
                          protocol.CALLS: self._run_calls}
         self.sources = SourceKeeper()
-        self.broadcasts = broadcast.Receiver(env.framework, env.relay, env.client_rank)
+        self.broadcasts = broadcast.Receiver(env.framework, env.bcast, env.client_rank)
         self._codes = BoundedCache(*CODE_CACHE)
         self._functions = BoundedCache(*CODE_CACHE)  # a view's pickled function -> the function
-        self.cells = CellRunner(self.namespace, self._send_display, self.sources)
-        self.monitor = MonitorServer(self, self.capture.flush_if_old)
+        self.cells: Any = None  # made on the first cell request (cell_runner)
+        # Frames of these files are cut from user tracebacks (output.py: input() raising on a
+        # server; the cell runner's file is added when it is made).
+        self._framework_files = {__file__, sys.modules[NoInput.__module__].__file__}
+        self.control = ControlThread(self, self.capture.flush_if_old)
 
     # -- messages to the client ----------------------------------------------------------
     def send_event(self, kind: str, payload: Any) -> None:
@@ -190,8 +198,8 @@ class MPICommandServer:
         sys.stdin = NoInput()
         _stdin_from_devnull()  # C code and child processes reading fd 0 get end-of-file
         self._serving = True
-        self.monitor.start()
-        comm, client, stopping = self.env.framework, self.env.client_rank, self.monitor.stopping
+        self.control.start()
+        comm, client, stopping = self.env.framework, self.env.client_rank, self.control.stopping
         status = transport.MPI.Status()
         # Busy-poll the first 20 us when every rank here has a core (as the client's waits do).
         # After a second without requests, wake every 20 ms (each wake-up costs 0.1-0.2 ms
@@ -224,6 +232,10 @@ class MPICommandServer:
 
     def is_serving(self) -> bool:
         return self._serving
+
+    def poll_broadcasts(self) -> bool:
+        """Join a broadcast the client has announced, from whichever thread is free."""
+        return self.broadcasts.poll()
 
     def handle(self, request: tuple) -> None:
         """Run one request and send its reply (always exactly one)."""
@@ -315,8 +327,18 @@ class MPICommandServer:
         finally:
             self._armed = False
 
+    def _cell_runner(self) -> Any:
+        if self.cells is None:
+            make = type(self).cell_runner  # a class attribute: not bound as a method
+            if make is None:
+                raise RuntimeError("this server has no cell runner: %%px cells need the Jupyter layer "
+                                   "(start the job with python -m mpi_kernel)")
+            self.cells = make(self.namespace, self._send_display, self.sources)
+            self._framework_files.add(sys.modules[type(self.cells).__module__].__file__)
+        return self.cells
+
     def _execute_cell(self, source: str, options: dict) -> Any:
-        body, last = self.cells.compile(source)
+        body, last = self._cell_runner().compile(source)
         self._arm()
         try:
             value = self.cells.run(body, last)
@@ -343,18 +365,18 @@ class MPICommandServer:
         linecache.cache[self._filename] = (len(command), None, command.splitlines(True), self._filename)
 
     def _format_traceback(self, exc: BaseException, source: str, cell: bool) -> str:
-        if self.monitor.stopping.is_set():
+        if self.control.stopping.is_set():
             # The services stop: no IPython formatting, which would import IPython again
             # when the stop interrupted its import (a kernel shut down as it started), and
             # at 16 ranks on 2 cores outlast the stop's grace.
             return f"{type(exc).__name__}: interrupted by stop_services()\n"
         self._show_source(source)
-        if cell:
+        if cell and self.cells is not None:
             try:
-                return self.cells.traceback(exc, _user_frames(exc))
+                return self.cells.traceback(exc, _user_frames(exc, self._framework_files))
             except Exception:  # IPython itself failed (an interrupt while it was importing)
                 log.exception("IPython could not format a traceback; plain Python's follows")
-        return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc)))
+        return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc, self._framework_files)))
 
     def _push(self, request_id: int, command: str, mode: str, variables: Any) -> tuple:
         if isinstance(variables, protocol.Staged):  # the value came by broadcast
@@ -398,11 +420,6 @@ class MPICommandServer:
         # if its request has ended). When the services stop, the preparation is cut short
         # too: loading IPython for a first cell takes seconds on shared cores, longer than
         # the stop's grace, and what it leaves half-imported no longer matters.
-        armed = self._armed or (self._in_body and self.monitor.stopping.is_set())
+        armed = self._armed or (self._in_body and self.control.stopping.is_set())
         if armed and self._interrupted():
             raise KeyboardInterrupt
-
-
-# Frames of these files are cut from user tracebacks (output.py: input() raising on a server).
-_FRAMEWORK_FILES = {__file__, sys.modules[CellRunner.__module__].__file__,
-                    sys.modules[NoInput.__module__].__file__}

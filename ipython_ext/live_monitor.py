@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from IPython.display import HTML, display
 
-from mpi_kernel.protocol import format_ranks
+from mpi_kernel.framework.protocol import format_ranks
 
 COLORS = {"idle": "#2e7d32", "busy": "#f9a825", "timeout": "#c62828"}
 TILE_UP_TO = 16  # ranks shown as labelled tiles; more as a grid of small squares

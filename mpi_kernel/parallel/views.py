@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from . import partition, transport
-from .asyncresult import AsyncResult, RemoteTaskError
-from .client import MPICommandClient
+from ..framework import partition, transport
+from ..errors import RemoteError
+from .asyncresult import AsyncResult
+from ..framework.client import MPICommandClient
 
-__all__ = ["AsyncResult", "Client", "DirectView", "LoadBalancedView", "RemoteTaskError"]
+__all__ = ["AsyncResult", "Client", "DirectView", "LoadBalancedView", "RemoteError"]
 
 
 class Client:

@@ -64,24 +64,24 @@ def worthwhile(mode: str, group: list[int], nbytes: int) -> bool:
     return len(group) >= 2 and (mode == "always" or (len(group) - 2) * nbytes >= SAVED_BYTES)
 
 
-def _communicator(relay: MPI.Comm, group: list[int]) -> tuple[MPI.Comm, bool]:
+def _communicator(bcast: MPI.Comm, group: list[int]) -> tuple[MPI.Comm, bool]:
     """The communicator of `group` (world ranks, the client last): the start-up one for the
     whole job, else a new one (True: free it after use)."""
-    if len(group) == relay.Get_size():
-        return relay, False
-    world_group = relay.Get_group()
+    if len(group) == bcast.Get_size():
+        return bcast, False
+    world_group = bcast.Get_group()
     members = world_group.Incl(group)
-    comm = relay.Create_group(members, Tag.BCAST)
+    comm = bcast.Create_group(members, Tag.BCAST)
     members.Free()
     world_group.Free()
     return comm, True
 
 
-class Sender:
+class Broadcaster:
     """The client's side: announce a broadcast to its servers and start it."""
 
-    def __init__(self, framework: MPI.Comm, relay: MPI.Comm, client_rank: int) -> None:
-        self._framework, self._relay, self._client = framework, relay, client_rank
+    def __init__(self, framework: MPI.Comm, bcast: MPI.Comm, client_rank: int) -> None:
+        self._framework, self._bcast, self._client = framework, bcast, client_rank
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # broadcasts start in one order on every member
 
@@ -98,7 +98,7 @@ class Sender:
             header = (bid, group, [part.nbytes for part in parts])
             for server in servers:
                 transport.send(self._framework, header, server, Tag.BCAST)
-            comm, temporary = _communicator(self._relay, group)
+            comm, temporary = _communicator(self._bcast, group)
             root = len(group) - 1
             requests = [comm.Ibcast([part, MPI.BYTE], root) for part in parts]
         if temporary:
@@ -109,8 +109,8 @@ class Sender:
 class Receiver:
     """A server's side: join announced broadcasts and keep their values until taken."""
 
-    def __init__(self, framework: MPI.Comm, relay: MPI.Comm, client_rank: int) -> None:
-        self._framework, self._relay, self._client = framework, relay, client_rank
+    def __init__(self, framework: MPI.Comm, bcast: MPI.Comm, client_rank: int) -> None:
+        self._framework, self._bcast, self._client = framework, bcast, client_rank
         self._joining = threading.Lock()
         self._staged: dict[int, tuple[Any, list[Any]]] = {}
         self._abandoned: set[int] = set()
@@ -128,7 +128,7 @@ class Receiver:
             if msg is None:
                 return False
             bid, group, sizes = msg.recv()
-            comm, temporary = _communicator(self._relay, group)
+            comm, temporary = _communicator(self._bcast, group)
             parts = [transport.empty_buffer(n) for n in sizes]
             # Nonblocking, as the client's side is (a blocking broadcast would not match it);
             # Waitall releases the GIL, so the main thread runs on meanwhile.
@@ -169,6 +169,6 @@ class Receiver:
 def healthy(servers: list[int], table: dict, now: float, late: float = 0.5) -> list[int]:
     """The servers that can join a broadcast now: not in timeout, and without a ping
     unanswered for more than `late` s (a main thread holding the GIL starves its monitor)."""
-    return [s for s in servers if not table[s].timeout
+    return [s for s in servers if not table[s].timed_out
             and (table[s].ping_sent_at is None or now - table[s].ping_sent_at <= late)]
 

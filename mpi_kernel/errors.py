@@ -1,0 +1,135 @@
+"""Every exception class of mpi-kernel, in one place.
+
+Pure Python (no MPI, no IPython), so any layer may import it. The remote errors keep
+IPython's `_render_traceback_` hook: a notebook shows the servers' tracebacks, not the
+client frames that raised them.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from .framework.protocol import format_ranks  # pure: importing it starts no MPI
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RED, CYAN, RESET = "\x1b[31m", "\x1b[36m", "\x1b[39m"
+
+
+# -- the framework --------------------------------------------------------------------------
+class MPIEnvironmentError(RuntimeError):
+    """The MPI world cannot host mpi-kernel; the message says why and how to fix it."""
+
+
+class DecodeError(Exception):
+    """A message arrived (and was consumed) but could not be unpickled here."""
+
+
+class ServerError(RuntimeError):
+    """push, pull, scatter or gather failed on a server; `responses` holds every failed response."""
+
+    def __init__(self, message: str, responses: list[dict]) -> None:
+        super().__init__(message)
+        self.responses = responses
+
+
+# -- what ran on the servers ------------------------------------------------------------------
+class Failure(NamedTuple):
+    """One failed request: the task it was (None for a %%px cell's rank), its server, the traceback."""
+
+    task: int | None
+    rank: int | None
+    traceback: str
+
+
+def error_name(traceback_text: str) -> str:
+    """The exception's name, from the last line of a (possibly colored) traceback."""
+    plain = ANSI.sub("", traceback_text).strip()
+    last = plain.splitlines()[-1] if plain else "Error"
+    return last.split(":", 1)[0].strip() or "Error"
+
+
+def _numbered(word: str, numbers: list[int]) -> str:
+    return f"{word}{'s' if len(numbers) > 1 else ''} {format_ranks(sorted(set(numbers)))}"
+
+
+def ranks_word(ranks: list[int]) -> str:
+    """"rank 1" or "ranks 0-2"."""
+    return _numbered("rank", ranks)
+
+
+class RemoteError(RuntimeError):
+    """Code failed on servers: the failures merged by identical traceback, as STAT merges
+    stacks. Raised by %%px (one failure per rank) and by the views' AsyncResult (one per
+    task). `failures` lists them all; `groups` maps each traceback to its failures.
+
+    A notebook shows each group's traceback under a colored header. str() is the summary
+    line (a kernel's `evalue`), followed by the tracebacks when `detailed`: a view's error
+    may end a plain script, which has only str() to print. The magics' errors are always
+    shown by IPython, so theirs (from_responses) is the summary alone."""
+
+    def __init__(self, failures: list[Failure] | list[tuple], note: str = "", detailed: bool = True) -> None:
+        self.failures = [Failure(*f) for f in failures]
+        self.note = note
+        self.detailed = detailed
+        self.groups: dict[str, list[Failure]] = {}
+        for failure in self.failures:
+            self.groups.setdefault(failure.traceback, []).append(failure)
+        summary = "; ".join(self._label(tb) for tb in self.groups)
+        super().__init__(". ".join(part for part in (summary, note) if part))
+
+    @classmethod
+    def from_responses(cls, failed: list[dict], note: str = "") -> "RemoteError":
+        """From failed response dicts of a %%px cell or a magic, in rank order."""
+        return cls([Failure(None, r["server"], r["traceback"] or "")
+                    for r in sorted(failed, key=lambda r: r["server"])], note, detailed=False)
+
+    def _label(self, traceback_text: str) -> str:
+        where = self.groups[traceback_text]
+        tasks = [f.task for f in where if f.task is not None]
+        ranks = [f.rank for f in where if f.rank is not None]
+        label = error_name(traceback_text)
+        if tasks:
+            label += f" in {_numbered('task', tasks)}"
+        return label + (f" on {ranks_word(ranks)}" if ranks else "")
+
+    def __str__(self) -> str:
+        lines = [super().__str__()]
+        for text in self.groups if self.detailed else ():
+            lines += ["", f"[{self._label(text)}]", text.rstrip()]
+        return "\n".join(lines)
+
+    def _render_traceback_(self) -> list[str]:  # IPython: the remote tracebacks, not ours
+        lines: list[str] = []
+        for text in self.groups:
+            lines.append(f"{CYAN}[{self._label(text)}]{RESET}")
+            lines.extend(text.rstrip("\n").splitlines())
+            lines.append("")
+        if self.note:
+            lines.append(self.note)
+        return lines
+
+
+RemoteTaskError = RemoteError  # the name the views used before the two merged errors became one
+
+
+# -- the magics -------------------------------------------------------------------------------
+class PxTimeout(RemoteError):
+    """Raised by %%px --timeout when servers were still busy."""
+
+
+class PxError(Exception):
+    """A %%px failure that is not one rank's error: shown as its message, without frames."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{RED}{type(self).__name__}{RESET}: {self}"]
+
+
+class PxInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C while %%px was stopping the servers: one line, not the client's frames."""
+
+    _render_traceback_ = PxError._render_traceback_
+
+
+# -- the Jupyter side -------------------------------------------------------------------------
+class LinkError(RuntimeError):
+    """A supervisor link line that is malformed or not signed with the key."""
