@@ -122,18 +122,17 @@ def python_floor(client: MPICommandClient, reps: int) -> list[float]:
 
 def bare_client(client: MPICommandClient, reps: int) -> list[float]:
     """Round trips of a bare Python loop on the client against mpi-kernel's own server:
-    the server's share of a round trip. It uses the client's internals (its communicator,
-    ids and lock: held, so the service thread takes no response)."""
-    comm, status = client._comm, MPI.Status()
+    the server's share of a round trip. It uses the client's benchmark hook, bare_channel
+    (its communicator and ids, with its lock held so the service thread takes no response)."""
+    status = MPI.Status()
+    with client.bare_channel() as (comm, next_id):
+        def once() -> None:
+            request = ("command", next_id(), "1+1", "eval", None)
+            comm.Send([pickle.dumps(request, protocol=5), MPI.BYTE], 0, Tag.REQUEST)
+            while not comm.Iprobe(source=0, tag=Tag.RESPONSE):
+                os.sched_yield()
+            comm.mprobe(0, Tag.RESPONSE, status).recv()
 
-    def once() -> None:
-        request = ("command", next(client._ids), "1+1", "eval", None)
-        comm.Send([pickle.dumps(request, protocol=5), MPI.BYTE], 0, Tag.REQUEST)
-        while not comm.Iprobe(source=0, tag=Tag.RESPONSE):
-            os.sched_yield()
-        comm.mprobe(0, Tag.RESPONSE, status).recv()
-
-    with client._lock:
         return timed(once, reps, warmup=200)
 
 

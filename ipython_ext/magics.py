@@ -18,6 +18,7 @@ from traitlets import Float, Int, Unicode, default
 
 from mpi_kernel.errors import PxError, PxInterrupted, PxTimeout, RemoteError, ServerError, error_name, ranks_word
 from mpi_kernel.framework.client import MPICommandClient
+from mpi_kernel.framework.stopping import Stop
 from mpi_kernel.parallel.asyncresult import AsyncResult
 from mpi_kernel.framework.protocol import format_ranks
 from mpi_kernel.framework.stuck import explain
@@ -261,7 +262,7 @@ class MPIMagics(Magics):
                 progress.update(waiting)
         except KeyboardInterrupt:
             # The kernel's interrupt already reached the servers; make sure, then collect.
-            self._stop(ids)
+            self.client.stop(ids)
             try:
                 answered = self.client.wait(ids, timeout=STOP_WAIT)
             except KeyboardInterrupt:
@@ -279,13 +280,6 @@ class MPIMagics(Magics):
     def _waiting(self, ids: list[int]) -> list[int]:
         return sorted(s for s in self.client.unanswered(ids).values() if s is not None)
 
-    def _stop(self, ids: list[int]) -> None:
-        """Cancel the requests that have not started; interrupt the servers running the
-        others (each server runs one request at a time)."""
-        self.client.cancel_queued(ids)
-        running = self._waiting(ids)
-        if running:
-            self.client.interrupt(running)
 
     def _diagnosis(self, stuck: list[int], local: bool) -> tuple[list[tuple[str, bool]], dict]:
         """What the `stuck` ranks are doing, from their stacks (mpi_kernel.framework.stuck):
@@ -299,12 +293,12 @@ class MPIMagics(Magics):
         return explain(still, reports, idle, self._client_rank, local), stacks
 
     def _expire(self, ids: list[int], timeout: float, local: bool) -> None:
-        cancelled = self.client.cancel_queued(ids)  # not started: they never will
-        waiting = self._waiting(ids)
+        stop = Stop(self.client, ids)
+        cancelled = stop.cancel()  # not started: they never will
+        waiting = stop.running()
         status = self.client.get_server_status()
         advice, stacks = self._diagnosis(waiting, local) if waiting else ([], {})  # before the interrupt
-        if waiting:
-            self.client.interrupt(waiting)
+        stop.interrupt()
         self.client.wait(ids, timeout=3)
         self._drain(ids)
         if waiting:

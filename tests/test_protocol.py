@@ -65,7 +65,8 @@ def test_names_and_parameters():
 
 def test_response_from_reply_has_exactly_the_guide_keys():
     request = {"id": 7, "command": "a+b", "mode": "eval", "parameters": {"a": 1, "b": 2}}
-    reply = protocol.make_reply(7, 3, True, None, 1.0, 2.0, "out", "")
+    reply = protocol.Reply(7, 3, True, None, 1.0, 2.0, "out", "")
+    assert protocol.Reply._make(tuple(reply)) == reply  # what travels is the plain tuple
     response = protocol.response_from_reply(request, 1, reply)
     assert tuple(response) == protocol.RESPONSE_KEYS
     assert response == {"command": "a+b", "id": 7, "mode": "eval", "parameters": {"a": 1, "b": 2},

@@ -28,7 +28,7 @@ from . import broadcast, environment, logs, memory, protocol, stuck, transport, 
 from .bounded import BoundedCache, SourceKeeper, source_hash
 from .control import ControlThread, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
-from .protocol import Tag
+from .protocol import Reply, Tag
 
 log = logging.getLogger("mpi_kernel.server")
 # Compiled commands, and the sources kept for tracebacks: bounded by bytes as well as
@@ -242,13 +242,13 @@ class MPICommandServer:
         kind, request_id, command, mode, payload = request
         reply = self._runners[kind](request_id, command, mode, payload)
         try:
-            encoded = transport.encode(reply, plain=type(reply[1]) in transport.PLAIN)
+            encoded = transport.encode(tuple(reply), plain=type(reply.ret) in transport.PLAIN)
         except Exception as exc:  # the return value cannot travel back
             text = (f"{type(exc).__name__}: the result of command {request_id} on server "
-                    f"{self.env.rank} (a {type(reply[1]).__name__}) cannot be sent to the client: "
+                    f"{self.env.rank} (a {type(reply.ret).__name__}) cannot be sent to the client: "
                     f"{exc}. Keep it on the server (assign it to a variable) or return a picklable "
                     f"value.\n")
-            encoded = transport.encode(protocol.make_reply(request_id, None, False, text, *reply[4:]))
+            encoded = transport.encode(tuple(reply._replace(ret=None, successful=False, traceback=text)))
         transport.send_encoded(self._framework, encoded, self._client, Tag.RESPONSE)
 
     def _refuse(self, exc: transport.DecodeError) -> None:
@@ -258,21 +258,21 @@ class MPICommandServer:
         text = (f"DecodeError: the request could not be unpickled on the server: {exc}. "
                 f"Values sent to the servers must be importable there (the same modules, "
                 f"installed in the same environment).\n")
-        transport.send(self.env.framework, protocol.make_reply(None, traceback=text),
+        transport.send(self.env.framework, tuple(Reply(None, traceback=text)),
                        self.env.client_rank, Tag.RESPONSE)
 
-    def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> tuple:
+    def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> Reply:
         return self._run(request_id, command, lambda: self._execute(command, mode), params)
 
-    def _run_cell(self, request_id: int, source: str, mode: str, options: dict) -> tuple:
+    def _run_cell(self, request_id: int, source: str, mode: str, options: dict) -> Reply:
         return self._run(request_id, source, lambda: self._execute_cell(source, options), cell=options)
 
-    def _run_calls(self, request_id: int, label: str, mode: str, payload: tuple[bytes, list]) -> tuple:
+    def _run_calls(self, request_id: int, label: str, mode: str, payload: tuple[bytes, list]) -> Reply:
         """A view's task: a pickled function called on each (args, kwargs) of `payload`."""
         return self._run(request_id, label, lambda: self._execute_calls(*payload))
 
     def _run(self, request_id: int, command: str, body: Any, params: dict | None = None,
-             cell: dict | None = None) -> tuple:
+             cell: dict | None = None) -> Reply:
         """Run `body` for a request (a command, a %%px cell with `cell` options, a view's
         task): parameters, output capture, the reply."""
         namespace = self.namespace
@@ -303,7 +303,7 @@ class MPICommandServer:
         if self.fd_capture is not None:
             self.fd_capture.drain()
         stdout, stderr = self.capture.end()
-        return (request_id, ret, ok, tb, start, time.time(), stdout, stderr)  # protocol.make_reply
+        return Reply(request_id, ret, ok, tb, start, time.time(), stdout, stderr)
 
     def _execute(self, command: str, mode: str) -> Any:
         code = self._codes.get(command)  # the mode follows from the text (protocol.command_mode)
@@ -378,18 +378,18 @@ class MPICommandServer:
                 log.exception("IPython could not format a traceback; plain Python's follows")
         return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc, self._framework_files)))
 
-    def _push(self, request_id: int, command: str, mode: str, variables: Any) -> tuple:
+    def _push(self, request_id: int, command: str, mode: str, variables: Any) -> Reply:
         if isinstance(variables, protocol.Staged):  # the value came by broadcast
             variables = self.broadcasts.take(variables)
         self.namespace.update(variables)
-        return protocol.make_reply(request_id, successful=True)
+        return Reply(request_id, successful=True)
 
-    def _pull(self, request_id: int, command: str, mode: str, names: list[str]) -> tuple:
+    def _pull(self, request_id: int, command: str, mode: str, names: list[str]) -> Reply:
         missing = [n for n in names if n not in self.namespace]
         if missing:
-            return protocol.make_reply(request_id, traceback=(
+            return Reply(request_id, traceback=(
                 f"NameError: {', '.join(map(repr, missing))} not defined on the server\n"))
-        return protocol.make_reply(request_id, [self.namespace[n] for n in names], True)
+        return Reply(request_id, [self.namespace[n] for n in names], True)
 
     # -- interrupts ----------------------------------------------------------------------
     def interrupt(self, request_id: int | None) -> None:

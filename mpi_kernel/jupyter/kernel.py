@@ -53,8 +53,7 @@ class MPIKernel(IPythonKernel):
         # servers' running commands are interrupted over MPI, then this process's cell is
         # interrupted as ipykernel does.
         try:
-            self.mpi.cancel_queued()
-            self.mpi.interrupt()
+            self.mpi.stop()
         except Exception:
             log.exception("could not relay the interrupt to the servers")
         super()._send_interrupt_children()

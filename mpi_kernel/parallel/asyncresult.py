@@ -21,7 +21,7 @@ class AsyncResult:
 
     def __init__(self, client: Any, ids: list[int], finish: Finish, label: str = "tasks",
                  tasks: list[int] | None = None, cleanup: Callable[[], None] | None = None,
-                 keep_records: bool = False) -> None:
+                 keep_records: bool = False, ordered: bool = True) -> None:
         self._client = client
         self.msg_ids = ids
         self._finish = finish
@@ -29,6 +29,7 @@ class AsyncResult:
         self._tasks = tasks or list(range(len(ids)))  # the task index of each request
         self._cleanup = cleanup
         self._keep_records = keep_records  # another reader needs them (%pxresult)
+        self._ordered = ordered  # False: get() gives the tasks' values in the order they ended
         self._responses: dict[int, dict] = {}
         self._submitted = time.monotonic()
         self._done_at: float | None = None if ids else self._submitted  # a map of nothing is done
@@ -44,7 +45,7 @@ class AsyncResult:
     # -- state -------------------------------------------------------------------------
     def _collect(self) -> None:
         """Take the responses that have come (and drop the client's records of them)."""
-        pending = [i for i in self.msg_ids if i not in self._responses]
+        pending = self.pending_ids()
         if not pending:
             return
         # A server in timeout counts as an answer (its synthetic response), as in the guide.
@@ -72,8 +73,7 @@ class AsyncResult:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                pending = [i for i in self.msg_ids if i not in self._responses]
-                self._client.wait(pending, timeout=0.1 if left is None else min(0.1, left))
+                self._client.wait(self.pending_ids(), timeout=0.1 if left is None else min(0.1, left))
                 bar.update(self.progress, time.monotonic() - self._submitted)
         except KeyboardInterrupt:
             self.abort()
@@ -85,11 +85,7 @@ class AsyncResult:
     def abort(self) -> None:
         """Cancel the tasks still queued (each ends with a 'cancelled' error) and interrupt
         the servers running the others."""
-        pending = [i for i in self.msg_ids if i not in self._responses]
-        self._client.cancel_queued(pending)
-        running = sorted({s for s in self._client.unanswered(pending).values() if s is not None})
-        if running:
-            self._client.interrupt(running)
+        self._client.stop(self.pending_ids())
 
     def successful(self) -> bool:
         """True once every task has ended without an error."""
@@ -123,7 +119,14 @@ class AsyncResult:
                 values.append(RemoteError([failure]))
         if failures and not return_exceptions:
             raise RemoteError(failures) from None
+        if not self._ordered:
+            ends = [self._responses[i]["command_stop_time"] or 0.0 for i in self.msg_ids]
+            values = [values[i] for i in sorted(range(len(values)), key=ends.__getitem__)]
         return self._finish(values)
+
+    def pending_ids(self) -> list[int]:
+        """The request ids without a response yet."""
+        return [i for i in self.msg_ids if i not in self._responses]
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
         """{rank: value}, for requests that ran one per server (a direct view, a %%px cell)."""

@@ -74,7 +74,7 @@ class ViewExecutor(cf.Executor):
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            ids = [i for result in pending.values() for i in result.msg_ids if i not in result._responses]
+            ids = [i for result in pending.values() for i in result.pending_ids()]
             self._view.client.wait(ids[:1], timeout=0.01)  # returns as soon as one arrives
             for future, result in pending.items():
                 if not result.ready():

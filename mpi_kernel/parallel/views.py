@@ -37,7 +37,7 @@ class Client:
 
     def __init__(self, client: MPICommandClient | None = None) -> None:
         self.client = client or MPICommandClient()
-        if self.client._state == "created":
+        if self.client.state == "created":
             self.client.start_services()
 
     @property
@@ -84,12 +84,12 @@ class _View:
         return result.get() if (self.block if block is None else block) else result
 
     def _calls(self, f: Callable, label: str, tasks: list[tuple[int, list]], targets: list[Any],
-               finish: Callable[[list], Any]) -> AsyncResult:
+               finish: Callable[[list], Any], ordered: bool = True) -> AsyncResult:
         """One request per task: `f`, pickled once, called on the task's argument tuples."""
         blob = transport.dumps_function(f)
         name = f"<{getattr(f, '__name__', 'function')}>"
         ids = self.client.call(blob, [(target, calls) for (_, calls), target in zip(tasks, targets)], name)
-        return AsyncResult(self.client, ids, finish, label, [t for t, _ in tasks])
+        return AsyncResult(self.client, ids, finish, label, [t for t, _ in tasks], ordered=ordered)
 
     def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
         return self._result(self.apply_async(f, *args, **kwargs), None)
@@ -181,10 +181,7 @@ class LoadBalancedView(_View):
             raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
         calls = [(args, {}) for args in zip(*sequences)]
         chunks = [calls[i:i + chunksize] for i in range(0, len(calls), chunksize)]
-        result = self._calls(f, "tasks", list(enumerate(chunks)), [None] * len(chunks), _concatenate)
-        if not ordered:
-            result._finish = lambda values: _concatenate(_by_end(result, values))
-        return result
+        return self._calls(f, "tasks", list(enumerate(chunks)), [None] * len(chunks), _concatenate, ordered)
 
     def __repr__(self) -> str:
         return "<LoadBalancedView>"
@@ -201,10 +198,3 @@ def _concatenate(parts: list) -> list:
     for part in parts:
         out.extend([part] if isinstance(part, Exception) else part)
     return out
-
-
-def _by_end(result: AsyncResult, values: list) -> list:
-    """The tasks' values in the order they ended on the servers."""
-    order = sorted(range(len(values)), key=lambda i: result._responses[result.msg_ids[i]]
-                   ["command_stop_time"] or 0.0)
-    return [values[i] for i in order]
