@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
+from tests.kernel_helpers import install_kernelspec, start_kernel
 
 HERE = Path(__file__).resolve().parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cases = [c for c in CASES if c.quick or not args.quick]
     prefix = Path(tempfile.mkdtemp(prefix="mpi-kernel-faults-"))
-    install_for_session(prefix, "mpi-faults", 4)
-    km, kc = start_ready_kernel("mpi-faults", timeout=120)
+    install_kernelspec(prefix, ranks=4, name="mpi-faults")
+    km, kc = start_kernel("mpi-faults", timeout=120)
     rows = []
     try:
         usable(kc)

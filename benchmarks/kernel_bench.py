@@ -9,14 +9,14 @@ from pathlib import Path
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from jupyter_client.manager import KernelManager
 
-from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
+from tests.kernel_helpers import install_kernelspec, start_kernel
 
 from .stats import summarize
 
 
 def install(prefix: Path, ranks: int) -> str:
     name = f"mpi-bench-{ranks}"
-    install_for_session(prefix, name, ranks)
+    install_kernelspec(prefix, ranks=ranks, name=name)
     return name
 
 
@@ -24,7 +24,7 @@ def install_unsupervised(prefix: Path, ranks: int) -> str:
     """The same kernel launched by mpiexec straight from kernel.json (one host, no supervisor,
     no relay): the baseline for what the supervisor's relay adds."""
     name = f"mpi-bench-direct-{ranks}"
-    path = install_for_session(prefix, name, ranks)
+    path = install_kernelspec(prefix, ranks=ranks, name=name)
     spec = json.loads((path / "kernel.json").read_text())
     launcher = spec["argv"][spec["argv"].index("--") + 1:]
     spec["argv"] = [*launcher[:-1], "-f", "{connection_file}"]  # "--kernel" -> Jupyter's file
@@ -45,7 +45,7 @@ def cells(name: str, reps: int, codes: dict[str, str]) -> dict:
 def start(name: str) -> tuple[KernelManager, object, float]:
     """Start a kernel; the time to ready (a start retried for a taken port counts whole)."""
     t0 = time.perf_counter()
-    km, kc = start_ready_kernel(name, timeout=120)
+    km, kc = start_kernel(name, timeout=120)
     return km, kc, time.perf_counter() - t0
 
 

@@ -1,4 +1,7 @@
-"""Start the real MPI kernel, installed into a temporary prefix, through jupyter_client."""
+"""Start the real MPI kernel, installed into a temporary prefix, through jupyter_client.
+
+Also used by the notebooks' session set-up (../conftest.py) and the benchmarks, which
+import it as tests.kernel_helpers."""
 from __future__ import annotations
 
 import contextlib
@@ -13,19 +16,49 @@ from typing import Any, Iterator
 
 from jupyter_client.manager import KernelManager
 
-from mpi_kernel.jupyter.kernelspec import install_for_session, start_ready_kernel
+from mpi_kernel.jupyter import kernelspec
 
 KERNEL_NAME = "mpi-test"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def install_kernelspec(prefix: Path, ranks: int = 4, name: str = KERNEL_NAME, **options: Any) -> Path:
-    """Install into a temporary prefix that Jupyter finds (the CLI itself is tested in test_kernelspec)."""
-    return install_for_session(prefix, name, ranks, **options)
+def install_kernelspec(prefix: str | Path, ranks: int = 4, name: str = KERNEL_NAME,
+                       env: dict[str, str] | None = None, **kernel_options: Any) -> Path:
+    """Install into `prefix` and put it first on JUPYTER_PATH, for this process and its children.
+
+    Test runs, benchmarks and CI must find the kernel without touching the user's own
+    kernelspecs (the CLI itself is tested in tests/unit/test_kernelspec.py). `env` goes
+    into kernel.json, `kernel_options` as for kernelspec.make_kernel_dict. Returns the
+    kernelspec folder.
+    """
+    path = Path(kernelspec.install(name, prefix=str(prefix), ranks=ranks, env=env, **kernel_options))
+    share = str(Path(prefix) / "share" / "jupyter")
+    rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != share]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([share, *rest])
+    return path
 
 
-def start_kernel(name: str = KERNEL_NAME) -> tuple[KernelManager, Any]:
-    return start_ready_kernel(name)
+def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2) -> tuple[KernelManager, Any]:
+    """Start a kernel through jupyter_client and wait until it answers: (manager, client).
+
+    A start that dies is retried with new ports, as Jupyter's own
+    restarter does: jupyter_client picks free ports and closes them for the kernel to bind,
+    and mpiexec's TCP connections can take one in between ("Address already in use").
+    """
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=timeout)
+    except RuntimeError as exc:  # "Kernel died before replying to kernel_info"
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        if attempts <= 1:
+            raise
+        print(f"kernel {name} died while starting ({exc}); retrying with new ports", file=sys.stderr)
+        return start_kernel(name, timeout, attempts - 1)
+    return km, kc
 
 
 def run(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict]]:

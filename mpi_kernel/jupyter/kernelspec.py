@@ -100,46 +100,6 @@ def install(name: str = DEFAULT_NAME, user: bool = False, prefix: str | None = N
         return KernelSpecManager().install_kernel_spec(str(source), name, user=user, prefix=prefix)
 
 
-def install_for_session(prefix: str | Path, name: str = DEFAULT_NAME, ranks: int = DEFAULT_RANKS,
-                        env: dict[str, str] | None = None, **kernel_options: Any) -> Path:
-    """Install into `prefix` and put it first on JUPYTER_PATH, for this process and its children.
-
-    For test runs, benchmarks and CI, which must find the kernel without touching the
-    user's own kernelspecs. `env` goes into kernel.json, `kernel_options` as for
-    make_kernel_dict. Returns the kernelspec folder.
-    """
-    path = Path(install(name, prefix=str(prefix), ranks=ranks, env=env, **kernel_options))
-    share = str(Path(prefix) / "share" / "jupyter")
-    rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != share]
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([share, *rest])
-    return path
-
-
-def start_ready_kernel(name: str, timeout: float = 60, attempts: int = 2) -> tuple[Any, Any]:
-    """Start a kernel through jupyter_client and wait until it answers: (manager, client).
-
-    For tests and benchmarks. A start that dies is retried with new ports, as Jupyter's own
-    restarter does: jupyter_client picks free ports and closes them for the kernel to bind,
-    and mpiexec's TCP connections can take one in between ("Address already in use").
-    """
-    from jupyter_client.manager import KernelManager
-
-    km = KernelManager(kernel_name=name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=timeout)
-    except RuntimeError as exc:  # "Kernel died before replying to kernel_info"
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-        if attempts <= 1:
-            raise
-        print(f"kernel {name} died while starting ({exc}); retrying with new ports", file=sys.stderr)
-        return start_ready_kernel(name, timeout, attempts - 1)
-    return km, kc
-
-
 def _env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:

@@ -21,7 +21,7 @@ from kernel_helpers import ANSI, error_text, fake_jupyter, install_kernelspec, r
 
 HOSTS = ("hostA", "hostB", "hostC")
 MULTIHOST = Path(os.environ.get("MPI_KERNEL_MULTIHOST_DIR",
-                                Path(__file__).resolve().parents[2] / "shared" / "multihost"))
+                                Path(__file__).resolve().parents[3] / "shared" / "multihost"))
 
 
 def _why_not() -> str | None:

@@ -19,7 +19,7 @@ from conftest import PMIX_FLAKE
 from kernel_helpers import ANSI, error_text, install_kernelspec, run, start_kernel
 
 RANKS = 4   # 3 servers and the client
-PROGRAMS = sorted(Path(__file__).with_name("spmd").glob("*.py"))
+PROGRAMS = sorted((Path(__file__).resolve().parents[1] / "spmd").glob("*.py"))
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 # Each rank's stdout into its own file, so lines from different ranks cannot interleave.
 PER_RANK = ("import os, runpy, sys\n"

@@ -23,7 +23,7 @@ import pytest
 from kernel_helpers import install_kernelspec, process_tree, wait_gone
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 NB = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"  # the notebook on show
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
