@@ -17,7 +17,6 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 
