@@ -1,8 +1,11 @@
 """The seed's command framework: mpi4casa's client and servers, made generic.
 
-One MPI job: the top rank (N-1) is the client, ranks 0..N-2 are servers (guide 5.2, see
-docs/command-framework.md). It imports only MPI, the standard library, traitlets (its
-configuration) and its own modules: never `mpi_kernel.parallel`, `mpi_kernel.jupyter`,
+One MPI job: the top rank (N-1) is the client, ranks 0..N-2 are servers. The code's
+"guide 5.x" citations are sections of the mpi4casa guide, whose API and semantics
+docs/command-framework.md gives in our words under the same numbers.
+
+It imports only MPI, the standard library, traitlets (its configuration), its own
+modules and `mpi_kernel.errors`: never `mpi_kernel.parallel`, `mpi_kernel.jupyter`,
 IPython or Jupyter (tests/unit/test_layers.py holds that). Importing this package does
 not start MPI; `launch()` does.
 
