@@ -49,7 +49,9 @@ def error_name(traceback_text: str) -> str:
 
 
 def _numbered(word: str, numbers: list[int]) -> str:
-    return f"{word}{'s' if len(numbers) > 1 else ''} {format_ranks(sorted(set(numbers)))}"
+    """"task 3" or "tasks 0-2, 5" (each number once)."""
+    unique = sorted(set(numbers))
+    return f"{word}{'s' if len(unique) > 1 else ''} {format_ranks(unique)}"
 
 
 def ranks_word(ranks: list[int]) -> str:

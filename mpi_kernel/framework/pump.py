@@ -206,9 +206,6 @@ class Pump:
                         server, self.monitor.server_timeout, len(pending))
 
     # -- waiting ---------------------------------------------------------------------------
-    def settled(self, request_id: int) -> bool:
-        return self.book.settled(request_id, self._timed_out)
-
     def _timed_out(self, server: int) -> bool:
         return self.monitor.table[server].timed_out
 
@@ -220,23 +217,23 @@ class Pump:
         """
         remaining = collections.deque(ids)
         provisional: set[int] = set()  # settled by a timeout response: their server may recover
-        responses, settled = self.book.responses, self.settled
+        responses, settled, timed_out = self.book.responses, self.book.settled, self._timed_out
 
         def pending() -> collections.deque:
             # Responses come back roughly in order: checking from the front keeps each
             # check O(1) even when thousands of ids are awaited.
-            while remaining and settled(remaining[0]):
+            while remaining and settled(remaining[0], timed_out):
                 request_id = remaining.popleft()
                 if responses[request_id]["status"] == protocol.TIMEOUT:
                     provisional.add(request_id)
             if not remaining and provisional:
-                remaining.extend(i for i in provisional if not settled(i))
+                remaining.extend(i for i in provisional if not settled(i, timed_out))
             return remaining
 
         if not self.wait_until(pending, timeout):
             return []
         with self.lock:
-            return [i for i in ids if not settled(i)]
+            return [i for i in ids if not settled(i, timed_out)]
 
     def wait_for(self, ids: list[int], timeout: float | None) -> None:
         """Wait for the responses of `ids`; TimeoutError naming those that did not come."""
