@@ -75,8 +75,11 @@ class Pump:
         with self.lock, transport.DeferredSigint():
             table, counter = self.monitor.table, self.ids
             messages = []  # nothing is queued before all are pickled and checked
+            anyone = False
             for n, (rank, payload) in enumerate(items):
-                if rank is not None and table[rank].timed_out:
+                if rank is None:
+                    anyone = True
+                elif table[rank].timed_out:
                     self.pump()  # a pong may be waiting: take it before refusing the target
                     if table[rank].timed_out:
                         raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
@@ -90,7 +93,6 @@ class Pump:
             add = self.book.add
             for rank, request_id, message in messages:
                 add(kind, request_id, command, mode, parameters, rank, message)
-            anyone = any(rank is None for rank, _ in items)
             self.dispatch(self.servers if anyone else [rank for rank, _ in items])
         return [request_id for _, request_id, _ in messages]
 

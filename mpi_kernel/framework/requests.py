@@ -16,7 +16,7 @@ import collections
 from typing import Any, Callable, Iterable
 
 from . import protocol
-from .protocol import Reply
+from .protocol import as_reply
 
 FORGOTTEN = "forgotten"  # the key of a record whose response is dropped when it comes
 
@@ -44,14 +44,15 @@ class RequestBook:
     def take_next(self, server: int, now: float) -> tuple[int, Any] | None:
         """The next request for `server` if it is free: its own queue first, then any
         server's. It is recorded as sent; the caller sends the message."""
-        if self.inflight[server] is not None:
+        inflight = self.inflight
+        if inflight[server] is not None:
             return None
         queue = self.queues[server] or self.any_queue
         if not queue:
             return None
         request_id = queue.popleft()
         request = self.requests[request_id]
-        self.inflight[server] = request_id
+        inflight[server] = request_id
         request["server"], request["status"], request["sent_at"] = server, protocol.REQUEST_SENT, now
         return request_id, self.encoded.pop(request_id)
 
@@ -59,7 +60,7 @@ class RequestBook:
     def answer(self, server: int, message: tuple) -> dict | None:
         """Record a server's reply (a Reply as a plain tuple); its response, or None when
         the request was forgotten. The server is free again either way."""
-        reply = Reply._make(message)
+        reply = as_reply(message)
         inflight = self.inflight
         # A reply without an id answers the request the server was running (an undecodable
         # result, a request the server could not unpickle): one runs at a time.

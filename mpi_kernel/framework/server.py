@@ -28,7 +28,7 @@ from . import broadcast, environment, logs, memory, protocol, stuck, transport, 
 from .bounded import BoundedCache, SourceKeeper, source_hash
 from .control import ControlThread, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
-from .protocol import Reply, Tag
+from .protocol import Reply, Tag, as_reply
 
 log = logging.getLogger("mpi_kernel.server")
 # Compiled commands, and the sources kept for tracebacks: bounded by bytes as well as
@@ -303,7 +303,7 @@ class MPICommandServer:
         if self.fd_capture is not None:
             self.fd_capture.drain()
         stdout, stderr = self.capture.end()
-        return Reply(request_id, ret, ok, tb, start, time.time(), stdout, stderr)
+        return as_reply((request_id, ret, ok, tb, start, time.time(), stdout, stderr))
 
     def _execute(self, command: str, mode: str) -> Any:
         code = self._codes.get(command)  # the mode follows from the text (protocol.command_mode)
