@@ -50,27 +50,31 @@ class PxRunner:
         client.stream_callback = lambda *event: self.events.append(("stream", *event))
         client.display_callback = lambda *event: self.events.append(("display", *event))
 
-    def run(self, source: str, targets: list[int] | None, args: Any) -> None:
+    def run(self, source: str, targets: list[int] | None, args: Any) -> AsyncResult | None:
         """Run a %%px cell on `targets` (None: the first free server) with the magic's
-        parsed options (%pxconfig's defaults filled in)."""
+        parsed options (%pxconfig's defaults filled in). A --noblock cell returns its
+        AsyncResult at once, as ipyparallel's %px does (`ar = %px 6*7`)."""
         # A blocking cell shows its output from the stream: its responses need no copy of it,
         # unless -o keeps them (the AsyncResult's stdout).
-        ids = self.client.execute_cell(source, targets, want_value=args.out is not None, local=args.local,
-                                       keep_output=not args.block or args.out is not None)
+        # Values travel back only for an AsyncResult (-o, --noblock): most cells show Out[] alone.
+        ids = self.client.execute_cell(source, targets, want_value=args.out is not None or not args.block,
+                                       local=args.local, keep_output=not args.block or args.out is not None)
         self._say_busy(ids)
-        if args.verbose:
-            where = "the first idle server" if targets is None else ranks_word(targets)
-            print(f"[px] running on {where}{' and the client' if args.local else ''} "
-                  f"(request{'s' if len(ids) > 1 else ''} {format_ranks(ids)})", flush=True)
+        if args.verbose:  # ipyparallel's banner, and our request ids
+            where = "the first idle server" if targets is None else _engines(targets)
+            print(f"{'Parallel' if args.block else 'Async parallel'} execution on engine(s): {where}"
+                  f"{' and the client' if args.local else ''} (request{'s' if len(ids) > 1 else ''} "
+                  f"{format_ranks(ids)})", flush=True)
         if not args.block:
             name = args.out or "_"
             self.pending[name] = (ids, args.out is not None)
+            # %pxresult reads the records too, so the AsyncResult keeps them.
+            result = AsyncResult(self.client, ids, _cell_value, "ranks", keep_records=True)
             if args.out:  # ipyparallel's %%px --noblock -o: NAME.get() waits; %pxresult works too
-                self.shell.user_ns[args.out] = AsyncResult(self.client, ids, _cell_values, "ranks",
-                                                           keep_records=True)
+                self.shell.user_ns[args.out] = result
             print(f"[px] running as request{'s' if len(ids) > 1 else ''} {format_ranks(ids)}; "
                   f"%pxresult{'' if name == '_' else ' ' + name} shows the results")
-            return
+            return result
         local_ok = self.shell.run_cell(source, store_history=False).success if args.local else True
         timeout, local = args.timeout, args.local
         if not local_ok:
@@ -94,6 +98,7 @@ class PxRunner:
                                f"its traceback is above. It succeeded on the servers.")
         if args.verbose:
             print(f"[px] done in {time.monotonic() - started:.3f} s")
+        return None
 
 
     def result(self, name: str, merge: bool) -> None:
@@ -301,16 +306,23 @@ class PxRunner:
             show.show_result(ranks, count, ret)
         ordered = sorted(responses, key=lambda r: r["server"])
         if name is not None:  # as ipyparallel's %%px -o: .get() in rank order, .get_dict() by rank
-            self.shell.user_ns[name] = AsyncResult.done(ordered, _cell_values, "ranks")
+            self.shell.user_ns[name] = AsyncResult.done(ordered, _cell_value, "ranks")
         failed = [r for r in responses if not r["successful"]]
         if failed or note:
             raise RemoteError.from_responses(failed, note)
 
 
 
-def _cell_values(rets: list) -> list:
-    """A %%px cell's results: each rank's last-expression value (None without one)."""
-    return [(ret or {}).get("value") if isinstance(ret, dict) else ret for ret in rets]
+def _cell_value(ret: Any) -> list:
+    """A rank's result of a %%px cell: its last expression's value (None without one)."""
+    return [(ret or {}).get("value") if isinstance(ret, dict) else ret]
+
+
+def _engines(targets: list[int]) -> str:
+    """The targets as ipyparallel's banner lists them: [0, 1, 2, 3, ..., 60, 61, 62, 63]."""
+    if len(targets) > 10:
+        return str(targets[:4])[:-1] + ", ..., " + str(targets[-4:])[1:]
+    return str(targets)
 
 
 def _not_stopped(ranks: list[int], advice: list[tuple[str, bool]]) -> list[str]:

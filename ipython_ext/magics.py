@@ -20,6 +20,7 @@ from traitlets import Float, Int, Unicode, default
 from mpi_kernel.errors import PxInterrupted, RemoteError, ServerError
 from mpi_kernel.framework.client import MPICommandClient
 from mpi_kernel.framework.protocol import format_ranks
+from mpi_kernel.parallel.asyncresult import AsyncResult
 
 from .cellout import default_output_dir
 from .cellrun import PxRunner
@@ -84,8 +85,9 @@ class MPIMagics(Magics):
               help="store the cell's AsyncResult in this variable (.get(), .get_dict())")
     @argument("statement", nargs="*", help="with %%px: the statement to run")
     @line_cell_magic
-    def px(self, line: str, cell: str | None = None) -> None:
-        """Run code on the MPI servers: %px STATEMENT or a %%px cell."""
+    def px(self, line: str, cell: str | None = None) -> AsyncResult | None:
+        """Run code on the MPI servers: %px STATEMENT or a %%px cell. With --noblock it
+        returns the AsyncResult at once (`ar = %px --noblock 6*7`)."""
         if cell is None:
             options, statement = _split_line(line)
             args = self._parse(self.px, options)
@@ -99,7 +101,7 @@ class MPIMagics(Magics):
         if not source.strip():
             raise UsageError("%px needs code to run, e.g. %px print(rank)")
         try:
-            self._run_px(source, args)
+            return self._run_px(source, args)
         except PxInterrupted:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
@@ -134,7 +136,7 @@ class MPIMagics(Magics):
             raise UsageError(f"%{magic} needs definite targets (all or ranks), not 'any'")
         return targets
 
-    def _run_px(self, source: str, args: Any) -> None:
+    def _run_px(self, source: str, args: Any) -> AsyncResult | None:
         args = self._with_defaults(args)
         targets = self._targets(args.targets)
         if not args.block and args.local:
@@ -142,10 +144,12 @@ class MPIMagics(Magics):
         timed_out = sorted(set(targets or []) & set(self.client.timed_out()))
         if timed_out:
             raise UsageError(f"server {format_ranks(timed_out)} is in timeout; choose other --targets")
-        self.runner.run(source, targets, args)
+        return self.runner.run(source, targets, args)
 
     def _with_defaults(self, args: Any) -> Any:
         """Options not given take %pxconfig's defaults; --no-stream groups output by rank."""
+        if args.group_outputs in ("engine", "rank", "order") and args.merge is None:
+            args.merge = False  # asked for per-engine output, as ipyparallel shows it: no merged lines
         for name, value in self.defaults.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)

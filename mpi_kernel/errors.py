@@ -69,10 +69,12 @@ class RemoteError(RuntimeError):
     may end a plain script, which has only str() to print. The magics' errors are always
     shown by IPython, so theirs (from_responses) is the summary alone."""
 
-    def __init__(self, failures: list[Failure] | list[tuple], note: str = "", detailed: bool = True) -> None:
+    def __init__(self, failures: list[Failure] | list[tuple], note: str = "", detailed: bool = True,
+                 call: str = "") -> None:
         self.failures = [Failure(*f) for f in failures]
         self.note = note
         self.detailed = detailed
+        self.call = call  # what ran ("execute" for a %%px cell): headers read [0-2:execute], as ipyparallel's
         self.groups: dict[str, list[Failure]] = {}
         for failure in self.failures:
             self.groups.setdefault(failure.traceback, []).append(failure)
@@ -80,10 +82,10 @@ class RemoteError(RuntimeError):
         super().__init__(". ".join(part for part in (summary, note) if part))
 
     @classmethod
-    def from_responses(cls, failed: list[dict], note: str = "") -> "RemoteError":
+    def from_responses(cls, failed: list[dict], note: str = "", call: str = "execute") -> "RemoteError":
         """From failed response dicts of a %%px cell or a magic, in rank order."""
         return cls([Failure(None, r["server"], r["traceback"] or "")
-                    for r in sorted(failed, key=lambda r: r["server"])], note, detailed=False)
+                    for r in sorted(failed, key=lambda r: r["server"])], note, detailed=False, call=call)
 
     def _label(self, traceback_text: str) -> str:
         where = self.groups[traceback_text]
@@ -94,16 +96,25 @@ class RemoteError(RuntimeError):
             label += f" in {_numbered('task', tasks)}"
         return label + (f" on {ranks_word(ranks)}" if ranks else "")
 
+    def _header(self, traceback_text: str) -> str:
+        """[0-2:execute]: ZeroDivisionError on ranks 0-2 (ipyparallel's [0:execute], for a
+        rank set), or [ZeroDivisionError in tasks 1-2 on rank 1] for a view's tasks."""
+        where = self.groups[traceback_text]
+        ranks = sorted({f.rank for f in where if f.rank is not None})
+        if self.call and ranks and all(f.task is None for f in where):
+            return f"[{format_ranks(ranks).replace(', ', ',')}:{self.call}]: {self._label(traceback_text)}"
+        return f"[{self._label(traceback_text)}]"
+
     def __str__(self) -> str:
         lines = [super().__str__()]
         for text in self.groups if self.detailed else ():
-            lines += ["", f"[{self._label(text)}]", text.rstrip()]
+            lines += ["", self._header(text), text.rstrip()]
         return "\n".join(lines)
 
     def _render_traceback_(self) -> list[str]:  # IPython: the remote tracebacks, not ours
         lines: list[str] = []
         for text in self.groups:
-            lines.append(f"{CYAN}[{self._label(text)}]{RESET}")
+            lines.append(f"{CYAN}{self._header(text)}{RESET}")
             lines.extend(text.rstrip("\n").splitlines())
             lines.append("")
         if self.note:

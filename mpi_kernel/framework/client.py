@@ -332,12 +332,14 @@ class MPICommandClient(Configurable):
             return {r: stacks.get(r) for r in ranks}
 
     # -- variables ------------------------------------------------------------------------
-    def push(self, variables: dict, targets: Any = None) -> None:
+    # push, pull and scatter wait, and raise ServerError on a failure; with block=False they
+    # return the request ids at once (get_command_response, or an AsyncResult, reads them).
+    def push(self, variables: dict, targets: Any = None, block: bool = True) -> list[int] | None:
         """Set variables in the servers' namespaces (default: all servers); they persist."""
         if not isinstance(variables, dict):
             raise TypeError(f"push() takes a dict of names to values, not {type(variables).__name__}")
         if not variables:
-            return
+            return None if block else []
         names = protocol.check_names(list(variables), "push")
         label = f"<push {', '.join(names)}>"
         ranks = sorted(set(protocol.check_targets(targets, self._servers) or self._servers))
@@ -353,9 +355,10 @@ class MPICommandClient(Configurable):
             except Exception as exc:
                 raise unpicklable(label, exc) from exc
             if broadcast.worthwhile(self.broadcast, group, len(parts[0]) + sum(b.nbytes for b in parts[1])):
-                self._collect(self._push_by_broadcast(label, variables, parts, group, ranks), label)
-                return
-        self._run_internal(protocol.PUSH, label, variables, ranks)  # per-server sends are quicker
+                ids = self._push_by_broadcast(label, variables, parts, group, ranks)
+                return self._settle(ids, label, block)
+        ids = self._submit(protocol.PUSH, label, protocol.PUSH, None, variables, ranks)  # per server: quicker
+        return self._settle(ids, label, block)
 
     def _push_by_broadcast(self, label: str, variables: dict, parts: tuple[bytes, list],
                            group: list[int], ranks: list[int]) -> list[int]:
@@ -368,13 +371,18 @@ class MPICommandClient(Configurable):
         items = [(rank, protocol.Staged(bid) if rank in group else variables) for rank in ranks]
         return self._pump.queue(protocol.PUSH, label, protocol.PUSH, None, items)
 
-    def pull(self, names: str | list[str], targets: Any = None) -> dict[int, Any]:
-        """Fetch variables from servers: {rank: value} (a list of values if `names` is a list)."""
+    def pull(self, names: str | list[str], targets: Any = None, block: bool = True) -> dict[int, Any] | list[int]:
+        """Fetch variables from servers: {rank: value} (a list of values if `names` is a list).
+        Each response's `ret` is the list of the values."""
         wanted = protocol.check_names(names, "pull")
-        values = self._run_internal(protocol.PULL, f"<pull {', '.join(wanted)}>", wanted, targets)
-        return {rank: v[0] if isinstance(names, str) else v for rank, v in values.items()}
+        label = f"<pull {', '.join(wanted)}>"
+        ids = self._submit(protocol.PULL, label, protocol.PULL, None, wanted,
+                           self._servers if targets is None else targets)
+        if not block:
+            return ids
+        return {rank: v[0] if isinstance(names, str) else v for rank, v in self._collect(ids, label).items()}
 
-    def scatter(self, name: str, sequence: Any, targets: Any = None) -> None:
+    def scatter(self, name: str, sequence: Any, targets: Any = None, block: bool = True) -> list[int] | None:
         """Split `sequence` into contiguous parts, one per target server in rank order (sizes
         as numpy.array_split gives), and set `name` to its part on each (default: all servers)."""
         protocol.check_names(name, "scatter")
@@ -382,7 +390,7 @@ class MPICommandClient(Configurable):
         label = f"<scatter {name}>"
         ids = [i for rank, part in zip(ranks, partition.split(sequence, len(ranks)))
                for i in self._submit(protocol.PUSH, label, protocol.PUSH, None, {name: part}, [rank])]
-        self._collect(ids, label)
+        return self._settle(ids, label, block)
 
     def gather(self, name: str, targets: Any = None) -> Any:
         """`name` from the target servers, joined in rank order: arrays concatenated, lists
@@ -390,9 +398,12 @@ class MPICommandClient(Configurable):
         values = self.pull(name, targets)
         return partition.join([values[rank] for rank in sorted(values)])
 
-    def _run_internal(self, kind: str, label: str, payload: Any, targets: Any) -> dict[int, Any]:
-        ids = self._submit(kind, label, kind, None, payload, self._servers if targets is None else targets)
-        return self._collect(ids, label)
+    def _settle(self, ids: list[int], label: str, block: bool) -> list[int] | None:
+        """A push's or scatter's ids at once, or None once they are done."""
+        if not block:
+            return ids
+        self._collect(ids, label)
+        return None
 
     def _collect(self, ids: list[int], label: str) -> dict[int, Any]:
         """Wait for internal requests; drop their records; {server: ret}, or raise the first failure."""

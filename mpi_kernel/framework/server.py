@@ -244,12 +244,24 @@ class MPICommandServer:
         try:
             encoded = transport.encode(tuple(reply), plain=type(reply.ret) in transport.PLAIN)
         except Exception as exc:  # the return value cannot travel back
-            text = (f"{type(exc).__name__}: the result of command {request_id} on server "
-                    f"{self.env.rank} (a {type(reply.ret).__name__}) cannot be sent to the client: "
-                    f"{exc}. Keep it on the server (assign it to a variable) or return a picklable "
-                    f"value.\n")
-            encoded = transport.encode(tuple(reply._replace(ret=None, successful=False, traceback=text)))
+            encoded = self._unsendable(kind, reply, exc)
         transport.send_encoded(self._framework, encoded, self._client, Tag.RESPONSE)
+
+    def _unsendable(self, kind: str, reply: Reply, exc: Exception) -> Any:
+        """The encoded reply for a result that cannot be pickled."""
+        ret = reply.ret
+        if kind == protocol.CELL and isinstance(ret, dict) and ret.get("value") is not None:
+            # A cell's value rides along for an AsyncResult's get(); its Out[] (a mime bundle)
+            # goes without it, and get() gives None for this rank.
+            try:
+                return transport.encode(tuple(reply._replace(ret={**ret, "value": None})))
+            except Exception as again:
+                exc = again
+        text = (f"{type(exc).__name__}: the result of command {reply.request_id} on server "
+                f"{self.env.rank} (a {type(ret).__name__}) cannot be sent to the client: "
+                f"{exc}. Keep it on the server (assign it to a variable) or return a picklable "
+                f"value.\n")
+        return transport.encode(tuple(reply._replace(ret=None, successful=False, traceback=text)))
 
     def _refuse(self, exc: transport.DecodeError) -> None:
         """Answer a request that cannot be unpickled here. Its id is inside it, so the

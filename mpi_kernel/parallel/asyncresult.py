@@ -1,30 +1,48 @@
 """AsyncResult: the handle of requests in flight, as ipyparallel's views return it.
 
-Each task is one request of MPICommandClient; its value is the response's `ret`, turned
-into the task's result by a `finish` function (a map chunk gives a list). Failures come
-back as RemoteError (mpi_kernel.errors), merged by identical traceback as %%px merges errors; the other
+Each task is one request of MPICommandClient. Its response's `ret` gives the task's items
+(`items`: a view's call returns the list of its calls' results, a command its value), and
+the result is the tasks' items in order: a list, one value (`single`), or what `finish`
+makes of the list (a gather joins arrays). Failures come back as RemoteError
+(mpi_kernel.errors), merged by identical traceback as %%px merges errors; the other
 tasks' results stay available through `get(return_exceptions=True)`.
+
+As ipyparallel's: `len(ar)`, iteration in order as results arrive, `ar[i]`, `ar["engine_id"]`
+and the metadata as attributes (`ar.engine_id`, `ar.stdout`), `display_outputs(groupby)`.
 """
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 from typing import Any, Callable, Iterator
 
 from ..errors import Failure, RemoteError
 
-Finish = Callable[[list[Any]], Any]  # the tasks' values, in order -> the result
+Items = Callable[[Any], list]  # a task's `ret` -> the values it contributes, in order
+Finish = Callable[[list[Any]], Any]  # all the tasks' values, in order -> the result
+GROUPS = ("type", "engine", "order")  # display_outputs' groupby, as ipyparallel's
+
+
+def one_item(ret: Any) -> list:
+    return [ret]
+
+
+def _when(timestamp: float | None) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(timestamp) if timestamp else None
 
 
 class AsyncResult:
     """Requests in flight: `get`, `wait`, `ready`, `successful`, `progress`, `elapsed`."""
 
-    def __init__(self, client: Any, ids: list[int], finish: Finish, label: str = "tasks",
+    def __init__(self, client: Any, ids: list[int], items: Items = one_item, label: str = "tasks",
                  tasks: list[int] | None = None, cleanup: Callable[[], None] | None = None,
-                 keep_records: bool = False, ordered: bool = True) -> None:
+                 keep_records: bool = False, ordered: bool = True, single: bool = False,
+                 finish: Finish | None = None, sizes: list[int] | None = None) -> None:
         self._client = client
         self.msg_ids = ids
-        self._finish = finish
+        self._items, self._single, self._finish = items, single, finish
+        self._sizes = sizes  # items per task, for len() (a map chunk holds several)
         self._label = label
         self._tasks = tasks or list(range(len(ids)))  # the task index of each request
         self._cleanup = cleanup
@@ -35,9 +53,9 @@ class AsyncResult:
         self._done_at: float | None = None if ids else self._submitted  # a map of nothing is done
 
     @classmethod
-    def done(cls, responses: list[dict], finish: Finish, label: str = "tasks") -> "AsyncResult":
+    def done(cls, responses: list[dict], items: Items = one_item, label: str = "tasks") -> "AsyncResult":
         """The result of requests already answered (a %%px cell's, stored by --out)."""
-        result = cls(None, [r["id"] for r in responses], finish, label)
+        result = cls(None, [r["id"] for r in responses], items, label)
         result._responses = {r["id"]: r for r in responses}
         result._done_at = result._submitted
         return result
@@ -108,21 +126,28 @@ class AsyncResult:
         if not self.wait(timeout):
             raise TimeoutError(f"{len(self.msg_ids) - self.progress} of {len(self.msg_ids)} "
                                f"{self._label} not done within {timeout:g} s")
-        values, failures = [], []
-        for request_id, task in zip(self.msg_ids, self._tasks):
-            response = self._responses[request_id]
-            if response["successful"]:
-                values.append(response["ret"])
-            else:
-                failure = Failure(task, response["server"], response["traceback"] or "")
-                failures.append(failure)
-                values.append(RemoteError([failure]))
+        failures = [self._failure(i, task) for i, task in zip(self.msg_ids, self._tasks)
+                    if not self._responses[i]["successful"]]
         if failures and not return_exceptions:
             raise RemoteError(failures) from None
+        order = self.msg_ids
         if not self._ordered:
-            ends = [self._responses[i]["command_stop_time"] or 0.0 for i in self.msg_ids]
-            values = [values[i] for i in sorted(range(len(values)), key=ends.__getitem__)]
-        return self._finish(values)
+            order = sorted(order, key=lambda i: self._responses[i]["command_stop_time"] or 0.0)
+        values = [value for i in order for value in self._values_of(i)]
+        if self._finish is not None:
+            return self._finish(values)
+        return values[0] if self._single else values
+
+    def _failure(self, request_id: int, task: int) -> Failure:
+        response = self._responses[request_id]
+        return Failure(task, response["server"], response["traceback"] or "")
+
+    def _values_of(self, request_id: int) -> list:
+        """A task's items, or its error once (a failed map chunk stands for all its items)."""
+        response = self._responses[request_id]
+        if response["successful"]:
+            return self._items(response["ret"])
+        return [RemoteError([self._failure(request_id, self._tasks[self.msg_ids.index(request_id)])])]
 
     def pending_ids(self) -> list[int]:
         """The request ids without a response yet."""
@@ -130,24 +155,100 @@ class AsyncResult:
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
         """{rank: value}, for requests that ran one per server (a direct view, a %%px cell)."""
-        values = self.get(timeout)
-        values = values if isinstance(values, list) else [values]
-        return {self._responses[i]["server"]: v for i, v in zip(self.msg_ids, values)}
+        self.get(timeout)  # raises what failed
+        return {self._responses[i]["server"]: self._values_of(i)[0] for i in self.msg_ids}
+
+    # -- ipyparallel's sugar -------------------------------------------------------------
+    def __len__(self) -> int:
+        """How many results: one per task, or per item of a map's chunks."""
+        return sum(self._sizes) if self._sizes is not None else len(self.msg_ids)
 
     def __iter__(self) -> Iterator[Any]:
-        result = self.get()
-        yield from (result if isinstance(result, list) else [result])
+        """The results in order, each as soon as it and those before it have come (with
+        ordered=False, in the order they came); a failed task raises when reached."""
+        if self._single:
+            raise TypeError("an AsyncResult of a single result is not iterable: use get()")
+        try:
+            for request_id in self._arrivals():
+                if not self._responses[request_id]["successful"]:
+                    task = self._tasks[self.msg_ids.index(request_id)]
+                    raise RemoteError([self._failure(request_id, task)])
+                yield from self._items(self._responses[request_id]["ret"])
+        except KeyboardInterrupt:
+            self.abort()
+            raise
 
-    def display_outputs(self) -> None:
-        """Print what each task wrote, labelled with its task and rank."""
+    def _arrivals(self) -> Iterator[int]:
+        """The request ids, each once its response is here: in order, or as they came."""
+        if self._ordered:
+            for request_id in self.msg_ids:
+                while request_id not in self._responses:
+                    self._client.wait([request_id], timeout=0.1)
+                    self._collect()
+                yield request_id
+            return
+        seen: set[int] = set()
+        while len(seen) < len(self.msg_ids):
+            self._collect()
+            new = sorted((i for i in self._responses if i not in seen),
+                         key=lambda i: self._responses[i]["command_stop_time"] or 0.0)
+            if not new:
+                self._client.wait(self.pending_ids(), timeout=0.1)
+            for request_id in new:
+                seen.add(request_id)
+                yield request_id
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        """ar[i], ar[i:j]: results (waiting for them); ar["engine_id"]: a metadata key."""
+        if isinstance(key, str):
+            values = [entry[key] for entry in self.metadata]  # KeyError for an unknown key
+            return values[0] if self._single else values
+        if isinstance(key, (int, slice)):
+            result = self.get()
+            return ([result] if self._single else result)[key]
+        raise TypeError(f"AsyncResult indices are int, slice or str, not {type(key).__name__}")
+
+    def __getattr__(self, name: str) -> Any:
+        """The metadata as attributes (ar.engine_id, ar.started, ar.status), as ipyparallel's."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"'AsyncResult' object has no attribute {name!r}") from None
+
+    @property
+    def metadata(self) -> list[dict[str, Any]]:
+        """Per task: msg_id, engine_id (its server), started, completed, status ('ok',
+        'error', or None while pending), stdout, stderr. Filled in as responses come."""
+        if self._client is not None and self._done_at is None:
+            self._collect()
+        out = []
+        for request_id in self.msg_ids:
+            response = self._responses.get(request_id, {})
+            status = None if not response else "ok" if response["successful"] else "error"
+            out.append({"msg_id": request_id, "engine_id": response.get("server"),
+                        "started": _when(response.get("command_start_time")),
+                        "completed": _when(response.get("command_stop_time")), "status": status,
+                        "stdout": response.get("stdout", ""), "stderr": response.get("stderr", "")})
+        return out
+
+    def display_outputs(self, groupby: str = "type") -> None:
+        """Print what the tasks wrote, each line labelled [stdout:RANK] as %%px labels it.
+        groupby 'type': all stdout, then all stderr; 'engine' or 'order': each task's
+        stdout and stderr together, in task order. Empty streams print nothing."""
+        if groupby not in GROUPS:
+            raise ValueError(f"groupby must be one of {', '.join(map(repr, GROUPS))}, not {groupby!r}")
         self.wait()
-        for request_id, task in zip(self.msg_ids, self._tasks):
-            response = self._responses[request_id]
-            for name in ("stdout", "stderr"):
-                if response[name]:
-                    stream = sys.stdout if name == "stdout" else sys.stderr
-                    for line in response[name].splitlines():
-                        stream.write(f"[{name}:{task}:{response['server']}] {line}\n")
+        responses = [self._responses[i] for i in self.msg_ids]
+        if groupby == "type":
+            pieces = [(r, name) for name in ("stdout", "stderr") for r in responses]
+        else:
+            pieces = [(r, name) for r in responses for name in ("stdout", "stderr")]
+        for response, name in pieces:
+            stream = sys.stdout if name == "stdout" else sys.stderr
+            for line in response[name].splitlines():
+                stream.write(f"[{name}:{response['server']}] {line}\n")
 
     def __repr__(self) -> str:
         state = "done" if self.ready() else f"{self.progress}/{len(self.msg_ids)} done"

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 from ..framework import partition, transport
 from ..errors import RemoteError
-from .asyncresult import AsyncResult
+from .asyncresult import AsyncResult, one_item
 from ..framework.client import MPICommandClient
 
 __all__ = ["AsyncResult", "Client", "DirectView", "LoadBalancedView", "RemoteError"]
@@ -84,68 +84,92 @@ class _View:
         return result.get() if (self.block if block is None else block) else result
 
     def _calls(self, f: Callable, label: str, tasks: list[tuple[int, list]], targets: list[Any],
-               finish: Callable[[list], Any], ordered: bool = True) -> AsyncResult:
-        """One request per task: `f`, pickled once, called on the task's argument tuples."""
+               single: bool = False, ordered: bool = True) -> AsyncResult:
+        """One request per task: `f`, pickled once, called on the task's argument tuples;
+        each task's `ret` is the list of its calls' results."""
         blob = transport.dumps_function(f)
         name = f"<{getattr(f, '__name__', 'function')}>"
         ids = self.client.call(blob, [(target, calls) for (_, calls), target in zip(tasks, targets)], name)
-        return AsyncResult(self.client, ids, finish, label, [t for t, _ in tasks], ordered=ordered)
+        return AsyncResult(self.client, ids, _as_is, label, [t for t, _ in tasks], ordered=ordered,
+                           single=single, sizes=[len(calls) for _, calls in tasks])
 
-    def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+    # `f` is positional only, as in ipyparallel: a keyword argument named f goes to f.
+    def apply(self, f: Callable, /, *args: Any, **kwargs: Any) -> Any:
         return self._result(self.apply_async(f, *args, **kwargs), None)
 
-    def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable, /, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(f, *args, **kwargs).get()
 
-    def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable, /, *args: Any, **kwargs: Any) -> AsyncResult:
         raise NotImplementedError
 
 
 class DirectView(_View):
-    """Requests to definite servers: every call runs on each of `targets`."""
+    """Requests to definite servers: every call runs on each of `targets`.
+
+    push, pull, scatter and gather block unless given block=False (then they return an
+    AsyncResult, as ipyparallel's do), whatever the view's `block`: a notebook reads
+    `dview["a"]` and expects the value."""
 
     def __init__(self, rc: Client, targets: int | list[int], block: bool | None = None) -> None:
         super().__init__(rc, targets, block)
         self._one = isinstance(targets, int)
         self._ranks = [targets] if self._one else list(targets)
 
-    def _per_target(self, values: list) -> Any:
-        return values[0] if self._one else values
-
-    def execute(self, code: str, block: bool | None = None) -> Any:
+    def execute(self, code: str, block: bool | None = None) -> AsyncResult:
+        """Run `code` on each target; an AsyncResult (one result per target: an
+        expression's value, else None), waited for when blocking (a failure raises)."""
         ids = self.client.push_command_request(code, False, self._ranks)
-        return self._result(AsyncResult(self.client, ids, lambda v: None, "executes", self._ranks), block)
+        result = AsyncResult(self.client, ids, one_item, "executes", self._ranks, single=self._one)
+        if self.block if block is None else block:
+            result.get()
+        return result
 
-    def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable, /, *args: Any, **kwargs: Any) -> AsyncResult:
         tasks = [(rank, [(args, kwargs)]) for rank in self._ranks]
-        return self._calls(f, "calls", tasks, self._ranks,
-                           lambda values: self._per_target([_only(v) for v in values]))
+        return self._calls(f, "calls", tasks, self._ranks, single=self._one)
 
-    def map(self, f: Callable, *sequences: Iterable, block: bool | None = None) -> Any:
+    def map(self, f: Callable, /, *sequences: Iterable, block: bool | None = None) -> Any:
         return self._result(self.map_async(f, *sequences), block)
 
-    def map_sync(self, f: Callable, *sequences: Iterable) -> list:
+    def map_sync(self, f: Callable, /, *sequences: Iterable) -> list:
         return self.map_async(f, *sequences).get()
 
-    def map_async(self, f: Callable, *sequences: Iterable) -> AsyncResult:
+    def map_async(self, f: Callable, /, *sequences: Iterable) -> AsyncResult:
         """f over the zipped sequences, split into contiguous parts, one per target."""
         calls = [(args, {}) for args in zip(*sequences)]
         parts = partition.split(calls, len(self._ranks))
         tasks = list(zip(self._ranks, parts))
-        return self._calls(f, "parts", tasks, self._ranks, _concatenate)
+        return self._calls(f, "parts", tasks, self._ranks)
 
-    def push(self, namespace: dict, block: bool | None = None) -> None:
-        self.client.push(namespace, self._ranks)
+    def _moved(self, ids: list[int], label: str, items: Any = one_item, finish: Any = None) -> AsyncResult:
+        return AsyncResult(self.client, ids, items, label, self._ranks, single=self._one and finish is None,
+                           finish=finish)
+
+    def push(self, namespace: dict, block: bool | None = None) -> AsyncResult | None:
+        if block is not False:
+            self.client.push(namespace, self._ranks)
+            return None
+        return self._moved(self.client.push(namespace, self._ranks, block=False), "pushes")
 
     def pull(self, names: str | list[str], block: bool | None = None) -> Any:
-        values = self.client.pull(names, self._ranks)
-        return self._per_target([values[rank] for rank in self._ranks])
+        if block is not False:
+            values = self.client.pull(names, self._ranks)
+            values = [values[rank] for rank in self._ranks]
+            return values[0] if self._one else values
+        ids = self.client.pull(names, self._ranks, block=False)
+        return self._moved(ids, "pulls", _first if isinstance(names, str) else one_item)
 
-    def scatter(self, name: str, sequence: Any, block: bool | None = None) -> None:
-        self.client.scatter(name, sequence, self._ranks)
+    def scatter(self, name: str, sequence: Any, block: bool | None = None) -> AsyncResult | None:
+        if block is not False:
+            self.client.scatter(name, sequence, self._ranks)
+            return None
+        return self._moved(self.client.scatter(name, sequence, self._ranks, block=False), "scatters")
 
     def gather(self, name: str, block: bool | None = None) -> Any:
-        return self.client.gather(name, self._ranks)
+        if block is not False:
+            return self.client.gather(name, self._ranks)
+        return self._moved(self.client.pull(name, self._ranks, block=False), "gathers", _first, partition.join)
 
     def __setitem__(self, name: str, value: Any) -> None:
         self.push({name: value})
@@ -163,17 +187,17 @@ class LoadBalancedView(_View):
     def __init__(self, rc: Client, block: bool | None = None) -> None:
         super().__init__(rc, None, block)
 
-    def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self._calls(f, "tasks", [(0, [(args, kwargs)])], [None], lambda values: _only(values[0]))
+    def apply_async(self, f: Callable, /, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self._calls(f, "tasks", [(0, [(args, kwargs)])], [None], single=True)
 
-    def map(self, f: Callable, *sequences: Iterable, block: bool | None = None, ordered: bool = True,
+    def map(self, f: Callable, /, *sequences: Iterable, block: bool | None = None, ordered: bool = True,
             chunksize: int = 1) -> Any:
         return self._result(self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize), block)
 
-    def map_sync(self, f: Callable, *sequences: Iterable, ordered: bool = True, chunksize: int = 1) -> list:
+    def map_sync(self, f: Callable, /, *sequences: Iterable, ordered: bool = True, chunksize: int = 1) -> list:
         return self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize).get()
 
-    def map_async(self, f: Callable, *sequences: Iterable, ordered: bool = True,
+    def map_async(self, f: Callable, /, *sequences: Iterable, ordered: bool = True,
                   chunksize: int = 1) -> AsyncResult:
         """One task per `chunksize` items; results in order (or, with ordered=False, in the
         order the tasks finished)."""
@@ -181,20 +205,17 @@ class LoadBalancedView(_View):
             raise ValueError(f"chunksize must be a positive integer, not {chunksize!r}")
         calls = [(args, {}) for args in zip(*sequences)]
         chunks = [calls[i:i + chunksize] for i in range(0, len(calls), chunksize)]
-        return self._calls(f, "tasks", list(enumerate(chunks)), [None] * len(chunks), _concatenate, ordered)
+        return self._calls(f, "tasks", list(enumerate(chunks)), [None] * len(chunks), ordered=ordered)
 
     def __repr__(self) -> str:
         return "<LoadBalancedView>"
 
 
-def _only(task: Any) -> Any:
-    """The result of a task of one call (its list of one), or its error (return_exceptions)."""
-    return task if isinstance(task, Exception) else task[0]
+def _as_is(ret: list) -> list:
+    """A view task's `ret`: already the list of its calls' results."""
+    return ret
 
 
-def _concatenate(parts: list) -> list:
-    """Join the tasks' lists; a failed task (with return_exceptions) stands for each of its items."""
-    out: list = []
-    for part in parts:
-        out.extend([part] if isinstance(part, Exception) else part)
-    return out
+def _first(ret: list) -> list:
+    """A pull of one name: its `ret` is [value]."""
+    return ret[:1]

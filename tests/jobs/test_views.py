@@ -142,3 +142,40 @@ def test_stop_in_the_notebook_cancels_queued_tasks_and_interrupts_running_ones(t
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_ipyparallel_view_idioms_port_unchanged(job):
+    """Idioms from ipyparallel's documentation and tests, as written."""
+    out = job("""
+        import json
+        import numpy as np
+        from mpi_kernel import Client, AsyncResult
+        rc = Client()
+        dview = rc[:]
+        pushed = dview.push({"a": 5, "b": 6}, block=False)
+        kinds = [type(pushed).__name__, pushed.get()]
+        pulled = dview.pull("a", block=False)
+        both = dview.pull(["a", "b"], block=False)
+        scattered = dview.scatter("part", np.arange(7), block=False)
+        scattered.get()
+        gathered = dview.gather("part", block=False)
+        applied = dview.apply_async(lambda f: f * 2, f=5)     # f is the user's keyword, not the function
+        lview = rc.load_balanced_view()
+        mapped = lview.map_async(lambda x: x * x, range(10), chunksize=3)
+        in_order = [x for x in mapped]                          # iterates as results come
+        executed = dview.execute("c = a + rank", block=True)    # blocking still returns the AsyncResult
+        single = rc[1].apply_async(lambda: rank)
+        print(json.dumps([kinds, pulled.get(), both.get(), gathered.get().tolist(), applied.get(),
+                          len(mapped), in_order, mapped[2], len(applied), applied.engine_id,
+                          type(executed).__name__, executed.get(), rc[:]["c"], single.get(), single.engine_id,
+                          sorted(applied.metadata[0]), dview.execute("c * 10", block=True).get()]))
+    """)
+    (kinds, pulled, both, gathered, applied, n_mapped, in_order, third, n_applied, engines, executed_type,
+     executed, c, single, single_engine, metadata_keys, values) = last_json(out)
+    assert kinds == ["AsyncResult", [None, None, None]]
+    assert pulled == [5, 5, 5] and both == [[5, 6]] * 3 and gathered == list(range(7))
+    assert applied == [10, 10, 10] and n_applied == 3 and engines == [0, 1, 2]
+    assert n_mapped == 10 and in_order == [x * x for x in range(10)] and third == 4
+    assert executed_type == "AsyncResult" and executed == [None, None, None] and c == [5, 6, 7]
+    assert single == 1 and single_engine == 1 and values == [50, 60, 70]
+    assert metadata_keys == ["completed", "engine_id", "msg_id", "started", "status", "stderr", "stdout"]

@@ -173,9 +173,9 @@ def test_errors_merged_and_monitor_turns_busy_then_idle(browser, lab):
     page = open_notebook(browser, lab, "errors-and-interrupts.ipynb")
     run_all(page)
     text = page.inner_text(NB)
-    assert "[ZeroDivisionError on ranks 0-2]" in text
+    assert "[0-2:execute]: ZeroDivisionError on ranks 0-2" in text
     assert text.count("ZeroDivisionError: division by zero") == 1   # shown once for three ranks
-    assert "[NameError on rank 1]" in text and "[IndexError on ranks 0, 2]" in text
+    assert "[1:execute]: NameError on rank 1" in text and "[0,2:execute]: IndexError on ranks 0, 2" in text
     assert "--timeout 0.5 s expired; still busy: rank 1\n" in text
     monitor = ".mpi-monitor .mpi-server"
     all_idle = f"() => document.querySelectorAll(\"{monitor}[data-state='idle']\").length === 3"

@@ -73,7 +73,7 @@ def test_px_errors_are_merged_by_rank(kc):
     assert err["evalue"] == "ZeroDivisionError on ranks 0-2"
     tb = ANSI.sub("", "\n".join(err["traceback"]))
     assert tb.count("ZeroDivisionError: division by zero") == 1   # identical tracebacks shown once
-    assert "[ZeroDivisionError on ranks 0-2]" in tb and "----> 1 1/0" in tb
+    assert "[0-2:execute]: ZeroDivisionError on ranks 0-2" in tb and "----> 1 1/0" in tb
     status, out = run(kc, "%%px\nundefined_name if rank == 1 else 1/0")
     (err,) = [o for o in out if o["type"] == "error"]
     assert err["evalue"] == "ZeroDivisionError on ranks 0, 2; NameError on rank 1"
@@ -417,7 +417,7 @@ def test_px_options_ipyparallel_users_reach_for(kc):
     status, out = run(kc, f"%%px --group-outputs type\n{code}")
     assert text_of(out).splitlines() == [f"[stdout:{r}] out {r}" for r in range(3)]
     status, out = run(kc, "%%px --verbose --targets 0\n1")
-    assert "[px] running on rank 0 (request " in text_of(out) and "[px] done in " in text_of(out)
+    assert "Parallel execution on engine(s): [0] (request " in text_of(out) and "[px] done in " in text_of(out)
     status, out = run(kc, "%%px --progress-after 0 --targets 0\nimport time\ntime.sleep(0.8)")
     assert any(o["type"] == "display_data" and "[px] 0/1 ranks done" in o["data"]["text/plain"] for o in out)
     status, out = run(kc, "%%px --targets 0\nfrom IPython.display import HTML\ndisplay(HTML('<i>x</i>'))")
@@ -471,3 +471,40 @@ def test_a_hundred_thousand_lines_per_rank_end_in_a_short_cell_and_a_file(kc):
     assert "299,700 more lines" not in text and "297,000 more lines from ranks 0-2" in text, text[-400:]
     status, out = run(kc, "%%px\nprint(rank)")   # the kernel and the servers carry on
     assert status == "ok" and "[stdout:2] 2" in text_of(out)
+
+
+def test_ipyparallel_magic_idioms_port_unchanged(kc):
+    """Idioms from ipyparallel's magics documentation, as written."""
+    try:
+        status, out = run(kc, "%pxconfig --noblock")
+        status, out = run(kc, "ar = %px 6*7")                 # a non-blocking %px returns its AsyncResult
+        assert status == "ok", out
+        status, out = run(kc, "ar.get(timeout=30), len(ar)")
+        assert out[-1]["data"]["text/plain"] == "([42, 42, 42], 3)"
+        status, out = run(kc, "%px --verbose 1")
+        assert "Async parallel execution on engine(s): [0, 1, 2]" in text_of(out)
+        status, out = run(kc, "%%px\nimport threading\nthreading.Lock()")  # a value that cannot travel back
+        status, out = run(kc, "_.get(timeout=30)")
+        assert status == "ok" and out[-1]["data"]["text/plain"] == "[None, None, None]", out
+    finally:
+        status, out = run(kc, "%pxconfig --block")
+    assert "block=True" in text_of(out)
+    status, out = run(kc, "%%px\nprint('back to blocking')")  # every %pxconfig option round-trips
+    assert text_of(out).count("back to blocking") == 1 and "[stdout:0-2] back to blocking" in text_of(out)
+    for flags in ("--verbose", "--no-verbose", "--no-merge", "--merge", "--targets 0", "--targets all"):
+        status, out = run(kc, f"%pxconfig {flags}")
+        assert status == "ok", (flags, out)
+    status, out = run(kc, "%%px\nprint(rank)")
+    assert text_of(out) == "".join(f"[stdout:{r}] {r}\n" for r in range(3))
+    # IPython expands {name} and $name in line magics: %px gets the client's value
+    status, out = run(kc, "name = 'world'\n%px y = '{name}'")
+    status, out = run(kc, "%%px\ny")
+    assert "Out[0-2:" in text_of(out) and "'world'" in text_of(out)
+
+
+def test_group_outputs_engine_and_order_show_one_block_per_engine(kc):
+    for group in ("engine", "order"):
+        status, out = run(kc, f"%%px --group-outputs {group}\nprint('same')")
+        assert text_of(out) == "".join(f"[stdout:{r}] same\n" for r in range(3)), (group, out)
+    status, out = run(kc, "%%px --group-outputs engine --merge\nprint('same')")   # unless asked for
+    assert text_of(out) == "[stdout:0-2] same\n"

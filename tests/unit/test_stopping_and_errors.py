@@ -62,7 +62,7 @@ def test_failures_of_a_cell_merge_by_traceback_in_rank_order():
     error = RemoteError.from_responses(failed, note="Rank 3 did not stop.")
     assert str(error) == "ZeroDivisionError on ranks 0, 2; KeyError on rank 1. Rank 3 did not stop."
     lines = error._render_traceback_()
-    assert "[ZeroDivisionError on ranks 0, 2]" in lines[0] and lines[-1] == "Rank 3 did not stop."
+    assert "[0,2:execute]: ZeroDivisionError on ranks 0, 2" in lines[0] and lines[-1] == "Rank 3 did not stop."
 
 
 def test_failures_of_tasks_name_tasks_and_ranks_and_a_script_sees_the_tracebacks():
