@@ -142,15 +142,17 @@ class DirectView(_View):
         tasks = list(zip(self._ranks, parts))
         return self._calls(f, "parts", tasks, self._ranks)
 
-    def _moved(self, ids: list[int], label: str, items: Any = one_item, finish: Any = None) -> AsyncResult:
-        return AsyncResult(self.client, ids, items, label, self._ranks, single=self._one and finish is None,
+    def _moved(self, ids: list[int], label: str, ranks: list[int], items: Any = one_item,
+               finish: Any = None) -> AsyncResult:
+        """The AsyncResult of a push, pull, scatter or gather sent to `ranks`, in that order."""
+        return AsyncResult(self.client, ids, items, label, ranks, single=self._one and finish is None,
                            finish=finish)
 
     def push(self, namespace: dict, block: bool | None = None) -> AsyncResult | None:
         if block is not False:
             self.client.push(namespace, self._ranks)
             return None
-        return self._moved(self.client.push(namespace, self._ranks, block=False), "pushes")
+        return self._moved(self.client.push(namespace, self._ranks, block=False), "pushes", sorted(self._ranks))
 
     def pull(self, names: str | list[str], block: bool | None = None) -> Any:
         if block is not False:
@@ -158,18 +160,21 @@ class DirectView(_View):
             values = [values[rank] for rank in self._ranks]
             return values[0] if self._one else values
         ids = self.client.pull(names, self._ranks, block=False)
-        return self._moved(ids, "pulls", _first if isinstance(names, str) else one_item)
+        return self._moved(ids, "pulls", self._ranks, _first if isinstance(names, str) else one_item)
 
     def scatter(self, name: str, sequence: Any, block: bool | None = None) -> AsyncResult | None:
         if block is not False:
             self.client.scatter(name, sequence, self._ranks)
             return None
-        return self._moved(self.client.scatter(name, sequence, self._ranks, block=False), "scatters")
+        return self._moved(self.client.scatter(name, sequence, self._ranks, block=False), "scatters",
+                           sorted(self._ranks))
 
     def gather(self, name: str, block: bool | None = None) -> Any:
         if block is not False:
             return self.client.gather(name, self._ranks)
-        return self._moved(self.client.pull(name, self._ranks, block=False), "gathers", _first, partition.join)
+        # gather joins in rank order, as client.gather does
+        ranks = sorted(self._ranks)
+        return self._moved(self.client.pull(name, ranks, block=False), "gathers", ranks, _first, partition.join)
 
     def __setitem__(self, name: str, value: Any) -> None:
         self.push({name: value})
