@@ -282,7 +282,7 @@ class MPICommandClient(Configurable):
             protocol.check_targets(ranks, self._servers)
         with transport.DeferredSigint():
             return self._pump.queue(protocol.CALLS, label, protocol.CALLS, None,
-                               [(rank, (function_blob, calls)) for rank, calls in tasks])
+                                    [(rank, (function_blob, calls)) for rank, calls in tasks])
 
     def wait(self, ids: Iterable[int], timeout: float | None = None) -> bool:
         """Wait up to `timeout` s for the responses of `ids`; True if all have come."""
