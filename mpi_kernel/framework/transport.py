@@ -3,8 +3,8 @@
 Measured on our 2-core test machines (docs/architecture.md, "Facts the design rests
 on"): blocking MPI waits spin a core, and sleep-only polling costs >= 200 us per
 message. So every wait here is a hybrid: spin on a non-blocking probe with
-sched_yield for about 1 ms, then back off with sleeps from 50 us up to a cap. Because waits are Python loops, they can
-be interrupted and given timeouts.
+sched_yield for about 1 ms, then back off with sleeps from 50 us up to a cap.
+Because waits are Python loops, they can be interrupted and given timeouts.
 
 Messages are pickled with protocol 5. Large contiguous buffers (NumPy arrays)
 travel out of band as raw MPI messages tagged DATA right after their header,

@@ -44,7 +44,7 @@ class AsyncResult:
         self._items, self._single, self._finish = items, single, finish
         self._sizes = sizes  # items per task, for len() (a map chunk holds several)
         self._label = label
-        self._tasks = tasks or list(range(len(ids)))  # the task index of each request
+        self._task_of = dict(zip(ids, tasks or range(len(ids))))  # request id -> its task index
         self._cleanup = cleanup
         self._keep_records = keep_records  # another reader needs them (%pxresult)
         self._ordered = ordered  # False: get() gives the tasks' values in the order they ended
@@ -126,8 +126,7 @@ class AsyncResult:
         if not self.wait(timeout):
             raise TimeoutError(f"{len(self.msg_ids) - self.progress} of {len(self.msg_ids)} "
                                f"{self._label} not done within {timeout:g} s")
-        failures = [self._failure(i, task) for i, task in zip(self.msg_ids, self._tasks)
-                    if not self._responses[i]["successful"]]
+        failures = [self._failure(i) for i in self.msg_ids if not self._responses[i]["successful"]]
         if failures and not return_exceptions:
             raise RemoteError(failures) from None
         order = self.msg_ids
@@ -138,16 +137,16 @@ class AsyncResult:
             return self._finish(values)
         return values[0] if self._single else values
 
-    def _failure(self, request_id: int, task: int) -> Failure:
+    def _failure(self, request_id: int) -> Failure:
         response = self._responses[request_id]
-        return Failure(task, response["server"], response["traceback"] or "")
+        return Failure(self._task_of[request_id], response["server"], response["traceback"] or "")
 
     def _values_of(self, request_id: int) -> list:
         """A task's items, or its error once (a failed map chunk stands for all its items)."""
         response = self._responses[request_id]
         if response["successful"]:
             return self._items(response["ret"])
-        return [RemoteError([self._failure(request_id, self._tasks[self.msg_ids.index(request_id)])])]
+        return [RemoteError([self._failure(request_id)])]
 
     def pending_ids(self) -> list[int]:
         """The request ids without a response yet."""
@@ -171,8 +170,7 @@ class AsyncResult:
         try:
             for request_id in self._arrivals():
                 if not self._responses[request_id]["successful"]:
-                    task = self._tasks[self.msg_ids.index(request_id)]
-                    raise RemoteError([self._failure(request_id, task)])
+                    raise RemoteError([self._failure(request_id)])
                 yield from self._items(self._responses[request_id]["ret"])
         except KeyboardInterrupt:
             self.abort()
