@@ -356,9 +356,9 @@ class MPICommandClient(Configurable):
                 raise unpicklable(label, exc) from exc
             if broadcast.worthwhile(self.broadcast, group, len(parts[0]) + sum(b.nbytes for b in parts[1])):
                 ids = self._push_by_broadcast(label, variables, parts, group, ranks)
-                return self._settle(ids, label, block)
+                return self._ids_or_wait(ids, label, block)
         ids = self._submit(protocol.PUSH, label, protocol.PUSH, None, variables, ranks)  # per server: quicker
-        return self._settle(ids, label, block)
+        return self._ids_or_wait(ids, label, block)
 
     def _push_by_broadcast(self, label: str, variables: dict, parts: tuple[bytes, list],
                            group: list[int], ranks: list[int]) -> list[int]:
@@ -390,7 +390,7 @@ class MPICommandClient(Configurable):
         label = f"<scatter {name}>"
         ids = [i for rank, part in zip(ranks, partition.split(sequence, len(ranks)))
                for i in self._submit(protocol.PUSH, label, protocol.PUSH, None, {name: part}, [rank])]
-        return self._settle(ids, label, block)
+        return self._ids_or_wait(ids, label, block)
 
     def gather(self, name: str, targets: Any = None) -> Any:
         """`name` from the target servers, joined in rank order: arrays concatenated, lists
@@ -398,7 +398,7 @@ class MPICommandClient(Configurable):
         values = self.pull(name, targets)
         return partition.join([values[rank] for rank in sorted(values)])
 
-    def _settle(self, ids: list[int], label: str, block: bool) -> list[int] | None:
+    def _ids_or_wait(self, ids: list[int], label: str, block: bool) -> list[int] | None:
         """A push's or scatter's ids at once, or None once they are done."""
         if not block:
             return ids
