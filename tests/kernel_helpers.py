@@ -62,14 +62,20 @@ def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2
 
 
 def run(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict]]:
-    """Execute `code`; return the reply status and the iopub messages (type + content)."""
+    """Execute `code`; return the reply status and the iopub messages (type + content).
+
+    Sent with stop_on_error=False: ipykernel 7 sends an error reply first and only then
+    posts the marker that ends its "abort the queued cells" state, so a cell sent the moment
+    the reply arrives can come back "aborted" when the kernel's threads are starved (as by
+    Open MPI ranks busy-polling in a stuck Barrier). A user at the notebook is never that fast.
+    """
     outputs: list[dict] = []
 
     def hook(msg: dict) -> None:
         if msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
             outputs.append({"type": msg["msg_type"], **msg["content"]})
 
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout, stop_on_error=False)
     return reply["content"]["status"], outputs
 
 

@@ -18,8 +18,10 @@ def kernel(tmp_path_factory):
 
 
 def interrupted(km, kc, code: str, after: float = 1.0, again: float | None = None) -> dict:
-    """Run `code`, press Stop after `after` s (and again `again` s later); the reply."""
-    msg_id = kc.execute(code)
+    """Run `code`, press Stop after `after` s (and again `again` s later); the reply.
+
+    stop_on_error=False, as in kernel_helpers.run: the next cell must not race ipykernel's abort."""
+    msg_id = kc.execute(code, stop_on_error=False)
     time.sleep(after)
     km.interrupt_kernel()
     if again is not None:
