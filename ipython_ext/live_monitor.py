@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 from IPython.display import HTML, display
 
+from mpi_kernel.errors import ranks_word
 from mpi_kernel.framework.protocol import format_ranks
 
-COLORS = {"idle": "#2e7d32", "busy": "#f9a825", "timeout": "#c62828"}
+COLORS = {"idle": "#2e7d32", "busy": "#f9a825", "timeout": "#c62828", "dead": "#424242"}
 TILE_UP_TO = 16  # ranks shown as labelled tiles; more as a grid of small squares
 
 
@@ -28,8 +29,8 @@ def _first_line(command: str | None, width: int = 40) -> str:
 
 def summary(status: dict[int, dict]) -> str:
     """One line for any number of ranks: "250 idle, 6 busy (ranks 4, 17, ...: 'train()',
-    up to 3.2 s), 0 timeout"."""
-    by_state: dict[str, list[int]] = {"idle": [], "busy": [], "timeout": []}
+    up to 3.2 s), 0 timeout" (and ", 1 dead (rank 3)" once a server died)."""
+    by_state: dict[str, list[int]] = {"idle": [], "busy": [], "timeout": [], "dead": []}
     for rank, s in sorted(status.items()):
         by_state[s["state"]].append(rank)
     busy = by_state["busy"]
@@ -40,8 +41,9 @@ def summary(status: dict[int, dict]) -> str:
         longest = max((status[r].get("elapsed") or 0.0) for r in busy)
         what = repr(commands.pop()) if len(commands) == 1 else f"{len(commands)} commands"
         detail = f" (rank{'s' if len(busy) > 1 else ''} {shown}: {what}, up to {longest:.1f} s)"
+    dead = by_state["dead"]
     return (f"{len(by_state['idle'])} idle, {len(busy)} busy{detail}, "
-            f"{len(by_state['timeout'])} timeout")
+            f"{len(by_state['timeout'])} timeout" + (f", {len(dead)} dead ({ranks_word(dead)})" if dead else ""))
 
 
 def _hover(rank: int, s: dict) -> str:

@@ -9,6 +9,7 @@ import ast
 import contextlib
 import re
 import shlex
+import sys
 import types
 from typing import Any, Iterator
 
@@ -17,7 +18,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, Int, Unicode, default
 
-from mpi_kernel.errors import PxInterrupted, RemoteError, ServerError
+from mpi_kernel.errors import DeadServerError, PxInterrupted, RemoteError, ServerError
 from mpi_kernel.framework.client import MPICommandClient
 from mpi_kernel.framework.protocol import format_ranks
 from mpi_kernel.parallel.asyncresult import AsyncResult
@@ -53,6 +54,7 @@ class MPIMagics(Magics):
         self.defaults: dict[str, Any] = {"targets": "all", "block": True, "verbose": False,  # %pxconfig
                                          "merge": True}
         self.autopx = False
+        self._told: set[int] = set()  # dead servers the user has been told of
         self.monitor = MonitorUpdater(client.get_server_status)
 
     # -- %%px --------------------------------------------------------------------------
@@ -125,10 +127,29 @@ class MPIMagics(Magics):
         return args
 
     def _targets(self, spec: str) -> list[int] | None:
+        """The ranks `spec` names; "all" means the servers that are alive, and naming a dead
+        one is a UsageError that says so."""
         try:
-            return parse_targets(spec, self.client.servers())
+            targets = parse_targets(spec, self.client.servers())
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        dead = self.client.dead()
+        if not dead or targets is None:
+            return targets
+        if spec.strip().lower() == "all":
+            return [t for t in targets if t not in dead]
+        named = [t for t in targets if t in dead]
+        if named:
+            raise UsageError(str(DeadServerError(named[0], dead[named[0]])))
+        return targets
+
+    def _tell_deaths(self) -> None:
+        """Say once, in the next cell, which servers died since the last one said so."""
+        for rank, reason in sorted(self.client.dead().items()):
+            if rank not in self._told:
+                lines = reason.strip().splitlines()
+                print(f"mpi-kernel: {lines[-1]}\n{lines[0]}", file=sys.stderr, flush=True)
+                self._told.add(rank)
 
     def _definite_targets(self, spec: str, magic: str) -> list[int]:
         targets = self._targets(spec)
@@ -138,13 +159,17 @@ class MPIMagics(Magics):
 
     def _run_px(self, source: str, args: Any) -> AsyncResult | None:
         args = self._with_defaults(args)
+        self._tell_deaths()
         targets = self._targets(args.targets)
         if not args.block and args.local:
             raise UsageError("--noblock and --local cannot be combined")
         timed_out = sorted(set(targets or []) & set(self.client.timed_out()))
         if timed_out:
             raise UsageError(f"server {format_ranks(timed_out)} is in timeout; choose other --targets")
-        return self.runner.run(source, targets, args)
+        try:
+            return self.runner.run(source, targets, args)
+        finally:  # a death among the targets was this cell's error
+            self._told.update(set(targets or []) & set(self.client.dead()))
 
     def _with_defaults(self, args: Any) -> Any:
         """Options not given take %pxconfig's defaults; --no-stream groups output by rank."""

@@ -99,5 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         _stop_servers()
 
 
+def _exit(code: int) -> None:
+    """Exit with `code`; a rank of a job that lost a rank skips MPI_Finalize (environment.py).
+    Looked up, not imported: the supervisor and the installer never load MPI."""
+    environment = sys.modules.get("mpi_kernel.framework.environment")
+    if environment is None:
+        sys.exit(code)
+    environment.exit_process(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

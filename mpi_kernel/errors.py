@@ -33,6 +33,16 @@ class ServerError(RuntimeError):
 
 
 # -- what ran on the servers ------------------------------------------------------------------
+class DeadServerError(ValueError):
+    """A request names a server whose process has ended: the survivors keep serving."""
+
+    def __init__(self, rank: int, reason: str) -> None:
+        self.rank, self.reason = rank, reason
+        how = reason.strip().splitlines()[-1].split(": ", 1)[-1] if reason.strip() else "its process ended"
+        super().__init__(f"server {rank} is dead ({how}); choose other targets. Its variables are "
+                         f"lost; restart the kernel to get a full world back")
+
+
 class Failure(NamedTuple):
     """One failed request: the task it was (None for a %%px cell's rank), its server, the traceback."""
 

@@ -38,6 +38,11 @@ def install_kernelspec(prefix: str | Path, ranks: int = 4, name: str = KERNEL_NA
     return path
 
 
+def survives_deaths() -> bool:
+    """Whether a kernelspec installed here keeps the job when a server dies (MPICH's hydra)."""
+    return "-disable-auto-cleanup" in kernelspec.launcher_flags(kernelspec.default_mpiexec())
+
+
 def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2) -> tuple[KernelManager, Any]:
     """Start a kernel through jupyter_client and wait until it answers: (manager, client).
 

@@ -161,10 +161,11 @@ class MPICommandClient(Configurable):
                             protocol.format_ranks(pending))
             self._state = "stopped"
             self._pump.monitoring = False
-            for server in self._servers:
+            live = [r for r in self._servers if self._monitor.table[r].dead is None]
+            for server in live:
                 self._pump.control(server, protocol.STOP, self.stop_timeout / 2)
         stopped = self._pump.stopped
-        missing = self._pump.wait_until(lambda: set(self._servers) - stopped, self.stop_timeout)
+        missing = self._pump.wait_until(lambda: set(live) - stopped, self.stop_timeout)
         with self._lock:  # nothing answers them now: a wait for them (another thread's) ends
             self._book.stop_all()
         self._pump.stop_service()
@@ -307,7 +308,27 @@ class MPICommandClient(Configurable):
         with self._lock, transport.DeferredSigint():
             if self._state == "running":
                 self._pump.pump()
-            return [rank for rank, status in self._monitor.table.items() if status.timed_out]
+            return [rank for rank, status in self._monitor.table.items()
+                    if status.timed_out and status.dead is None]
+
+    # -- deaths ------------------------------------------------------------------------------
+    def server_died(self, rank: int, reason: str) -> list[int]:
+        """Record that server `rank`'s process ended (the supervisor's guards see it first):
+        its requests fail with `reason`, it gets no more work, and the job goes on with the
+        survivors. Returns the ids of the requests that failed."""
+        (rank,) = protocol.check_targets(rank, self._servers)
+        with self._lock:
+            return self._pump.server_died(rank, reason)
+
+    def dead(self) -> dict[int, str]:
+        """{server rank: why it ended} of the servers that died."""
+        with self._lock:
+            return self._monitor.dead()
+
+    def live_servers(self) -> list[int]:
+        """The server ranks whose processes still run."""
+        with self._lock:
+            return [r for r in self._servers if self._monitor.table[r].dead is None]
 
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{request id: assigned server (None while queued for any server)} for ids without a response."""
@@ -367,7 +388,7 @@ class MPICommandClient(Configurable):
         with transport.DeferredSigint():  # the requests must be kept, whatever comes
             bid, requests = self._broadcasts.start(group, parts)
             with self._lock:
-                self._pump.sends.extend(requests)
+                self._pump.sends.setdefault(None, []).extend(requests)
         items = [(rank, protocol.Staged(bid) if rank in group else variables) for rank in ranks]
         return self._pump.queue(protocol.PUSH, label, protocol.PUSH, None, items)
 

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from . import protocol, transport
+from . import environment
 from .environment import MPIEnvironment, abort
 from .protocol import Tag
 
@@ -46,6 +47,7 @@ class ControlThread:
         self._handlers: dict[str, Callable[[Any], None]] = {
             protocol.PING: self._ping, protocol.START: self._start, protocol.INTERRUPT: server.interrupt,
             protocol.STOP: self._stop, protocol.STACK: self._stack,
+            protocol.DEATH: environment.lost_ranks.add,
         }
 
     def start(self) -> None:

@@ -130,6 +130,24 @@ def current() -> MPIEnvironment:
     return _current
 
 
+# Ranks of this job whose processes ended while it went on (the client's monitor heard of
+# them, or told this server): MPI_Finalize would wait for them for ever (MPICH).
+lost_ranks: set[int] = set()
+
+
+def exit_process(code: int) -> None:
+    """End this rank with `code`: normally (MPI_Finalize at exit) while the world is whole;
+    once a rank was lost, after the atexit handlers but without MPI_Finalize (mpi4py calls
+    it after them, from Py_AtExit)."""
+    if not lost_ranks:
+        sys.exit(code)
+    import atexit
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def let_launcher_forward() -> None:
     """Flush, then wait a moment before an MPI_Abort: the launcher reads our output from a
     pipe, and its teardown after the abort can kill the forwarder before it has passed on the

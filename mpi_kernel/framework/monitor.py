@@ -36,9 +36,12 @@ class ServerStatus:
     ping_sent_at: float | None = None   # monotonic time of the outstanding ping
     last_ping_at: float = 0.0
     last_pong_at: float | None = None   # monotonic time of the last answer
+    dead: str | None = None             # why its process ended; it is also timed_out for good
 
     @property
     def state(self) -> str:
+        if self.dead is not None:
+            return protocol.DEAD
         if self.timed_out:
             return protocol.TIMEOUT
         return protocol.BUSY if self.busy else protocol.IDLE
@@ -46,7 +49,7 @@ class ServerStatus:
     def as_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("rank", "host", "pid", "busy", "command", "command_id",
                                            "command_start_time")}
-        d["timeout"], d["state"] = self.timed_out, self.state  # the guide's key
+        d["timeout"], d["state"], d["dead"] = self.timed_out, self.state, self.dead  # timeout: the guide's key
         d["elapsed"] = (time.time() - self.command_start_time) if self.command_start_time else None
         return d
 
@@ -62,7 +65,7 @@ class MonitorClient:
     def due(self, now: float) -> list[int]:
         """Servers to ping now: none outstanding and the interval has passed."""
         return [s.rank for s in self.table.values()
-                if s.ping_sent_at is None and now - s.last_ping_at >= self.ping_interval]
+                if s.ping_sent_at is None and s.dead is None and now - s.last_ping_at >= self.ping_interval]
 
     def pinged(self, rank: int, now: float) -> None:
         status = self.table[rank]
@@ -71,6 +74,8 @@ class MonitorClient:
     def answered(self, rank: int, info: dict, now: float) -> bool:
         """Record a pong or hello; return True if the server was in timeout (recovered)."""
         status = self.table[rank]
+        if status.dead is not None:  # a message it sent before it died: it stays dead
+            return False
         for key in ("host", "pid", "busy", "command", "command_id", "command_start_time"):
             if key in info:
                 setattr(status, key, info[key])
@@ -78,6 +83,16 @@ class MonitorClient:
         status.last_pong_at = now
         recovered, status.timed_out = status.timed_out, False
         return recovered
+
+    def died(self, rank: int, reason: str) -> None:
+        """The server's process ended: it is timed out for good, and never pinged again."""
+        status = self.table[rank]
+        status.dead, status.timed_out, status.ping_sent_at = reason, True, None
+        status.busy, status.command, status.command_id, status.command_start_time = False, None, None, None
+
+    def dead(self) -> dict[int, str]:
+        """{rank: why it ended} of the servers that died."""
+        return {s.rank: s.dead for s in self.table.values() if s.dead is not None}
 
     def expired(self, now: float) -> list[int]:
         """Mark and return the servers that have just timed out."""

@@ -30,8 +30,8 @@ REQUEST_SENT = "request sent"
 RESPONSE_RECEIVED = "response received"
 TIMEOUT = "timeout"
 
-# Server states reported by the monitor.
-IDLE, BUSY = "idle", "busy"
+# Server states reported by the monitor ("timeout" as above; "dead": its process ended).
+IDLE, BUSY, DEAD = "idle", "busy", "dead"
 
 # Request kinds. "command" is the guide's; push/pull move persistent variables;
 # "cell" runs IPython-style (the %%px magic): the last expression's value comes
@@ -40,7 +40,8 @@ IDLE, BUSY = "idle", "busy"
 COMMAND, PUSH, PULL, CELL, CALLS = "command", "push", "pull", "cell", "calls"
 
 # Control and event kinds.
-START, PING, INTERRUPT, STOP, STACK = "start", "ping", "interrupt", "stop", "stack"
+# DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever.
+START, PING, INTERRUPT, STOP, STACK, DEATH = "start", "ping", "interrupt", "stop", "stack", "death"
 HELLO, PONG, STREAM, LOG, STOPPED, DISPLAY = "hello", "pong", "stream", "log", "stopped", "display"
 
 RESPONSE_KEYS = (
@@ -214,6 +215,11 @@ def stopped_response(request: dict) -> dict:
                                                 "(stop_services()) before this request was answered; "
                                                 "the servers have exited\n")
     return response_from_reply(request, request["server"], reply)
+
+
+def dead_response(request: dict, server: int, reason: str) -> dict:
+    """The response of a request whose server died before answering: final, it never will."""
+    return response_from_reply(request, server, Reply(request["id"], traceback=reason))
 
 
 def timeout_response(request: dict, server: int, timeout: float) -> dict:

@@ -17,7 +17,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from . import logs, protocol, transport
+from ..errors import DeadServerError
+from . import environment, logs, protocol, transport
 from .monitor import MonitorClient
 from .protocol import Reply, Tag
 from .requests import RequestBook
@@ -45,7 +46,11 @@ class Pump:
         self.lock = threading.RLock()
         self.ids = itertools.count(1)
         self.monitoring = False  # the monitor pings only while the services run
-        self.sends: list = []  # Isend/Ibcast requests of out-of-band buffers still in progress
+        # Isend/Ibcast requests of out-of-band buffers still in progress, by destination (None:
+        # a broadcast's); those to a rank that died never end, and are kept in `abandoned`
+        # (MPI may still hold their buffers).
+        self.sends: dict[int | None, list] = {}
+        self.abandoned: list = []
         self.hello: set[int] = set()
         self.stopped: set[int] = set()
         self.stacks: dict[int, dict] = {}
@@ -80,6 +85,8 @@ class Pump:
                 if rank is None:
                     anyone = True
                 elif table[rank].timed_out:
+                    if table[rank].dead is not None:
+                        raise DeadServerError(rank, table[rank].dead)
                     self.pump()  # a pong may be waiting: take it before refusing the target
                     if table[rank].timed_out:
                         raise RuntimeError(f"server {rank} is in timeout (it has not answered the monitor "
@@ -115,7 +122,7 @@ class Pump:
                 continue
             sends = transport.send_encoded(comm, item[1], server, Tag.REQUEST, wait=False)
             if sends:
-                self.sends.extend(sends)
+                self.sends.setdefault(server, []).extend(sends)
 
     # -- receiving -------------------------------------------------------------------------
     def pump(self) -> bool:
@@ -150,13 +157,29 @@ class Pump:
                 log.error("unexpected message with tag %d from rank %d dropped", tag, source)
         if answered:
             self.dispatch(answered)
-        if self.sends and transport.complete(self.sends, 1e-3):
-            self.sends = []  # the buffers they kept alive may go now
+        if self.sends and transport.complete([r for rs in self.sends.values() for r in rs], 1e-3):
+            self.sends = {}  # the buffers they kept alive may go now
         now = time.monotonic()
         if self.monitoring and now >= self._next_tick:
             self._next_tick = now + 0.01
             self._run_monitor(now)
         return got_any
+
+    def server_died(self, server: int, reason: str) -> list[int]:
+        """`server`'s process ended: its requests fail with `reason` (the ids), it gets no
+        more work, and the survivors hear of it. Call with the lock held."""
+        if self.monitor.table[server].dead is not None:
+            return []
+        self.monitor.died(server, reason)
+        environment.lost_ranks.add(server)
+        ids = self.book.die(server, reason)
+        self.abandoned += self.sends.pop(server, []) + self.sends.pop(None, [])  # (a broadcast
+        # it was part of never ends; one it was not in goes on all the same: MPI progresses it)
+        for rank in self.servers:
+            if self.monitor.table[rank].dead is None:
+                self.control(rank, protocol.DEATH, server)
+        log.warning("server %d died (%s); %d of its requests failed", server, reason, len(ids))
+        return ids
 
     def _undecodable(self, server: int, tag: int, exc: transport.DecodeError) -> tuple | None:
         """A failed reply in place of a response the client cannot unpickle; events are dropped."""

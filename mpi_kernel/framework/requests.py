@@ -109,6 +109,21 @@ class RequestBook:
             self.responses[request_id] = protocol.timeout_response(request, server, server_timeout)
         return pending
 
+    def die(self, server: int, reason: str) -> list[int]:
+        """`server` died: what it ran, what was queued for it and what it left in timeout get
+        a final failed response with `reason`; requests for any server stay queued for the
+        others. Returns their ids."""
+        running = self.inflight[server]
+        pending = [i for i, r in self.requests.items()
+                   if r["status"] in (protocol.REQUEST_SENT, protocol.HOLDING_QUEUE, protocol.TIMEOUT)
+                   and (r["server"] == server or i == running)]
+        for request_id in pending:
+            self.encoded.pop(request_id, None)
+            self._settle(request_id, protocol.dead_response(self.requests[request_id], server, reason))
+        self.queues[server].clear()
+        self.inflight[server] = None
+        return pending
+
     def forget(self, ids: Iterable[int]) -> None:
         """Drop these records; a response still to come is dropped when it arrives."""
         for i in ids:

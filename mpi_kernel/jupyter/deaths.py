@@ -89,6 +89,18 @@ def _launcher_entry(code: int) -> dict:
     return {"signal": -code} if code < 0 else {"code": code}
 
 
+DIED_NAME = "MPIRankDied"
+
+
+def survived(entry: dict, client_rank: int | None) -> str:
+    """The error of the requests a dead server had, when the job goes on without it: the
+    last line names the exception, as a Python traceback's does."""
+    rank = entry.get("rank")
+    return (f"Only rank {rank}'s variables are lost: the notebook's and the other servers' are kept, "
+            f"and later cells run on the servers that are left. Restart the kernel to get rank "
+            f"{rank} back.\n{DIED_NAME}: {who(entry, client_rank)} {how(entry)}\n")
+
+
 def report(ended: list[dict], launcher_code: int | None, client_rank: int | None,
            tail: list[str], restarting: bool) -> tuple[str, list[str]]:
     """(evalue, traceback lines) for the cell's error and the kernel log."""

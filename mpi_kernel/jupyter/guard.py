@@ -8,7 +8,11 @@ writes one line to the launcher's stderr when it ends abnormally:
     mpi-kernel-rank-ended {"rank": 1, "host": "hostB", "pid": 4242, "signal": 9}
 
 The supervisor reads these lines from the launcher's output. Then the guard ends as its
-rank did (same signal or exit code), so the launcher sees what it would have seen.
+rank did (same signal or exit code), so the launcher sees what it would have seen; but when
+the job is to survive a rank's death (SURVIVE set: MPICH's `mpiexec -disable-auto-cleanup`),
+it exits with 128 + the signal instead, because hydra's proxy kills all its local ranks when
+one of its children dies by a signal, and it ignores the SIGUSR1 hydra then sends each rank's
+process group as the failure notice.
 Signals the launcher sends the guard go on to the rank, and the rank never outlives its
 guard (PR_SET_PDEATHSIG). Only Linux has that; elsewhere ranks run unguarded.
 """
@@ -26,6 +30,7 @@ RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP)
 PR_SET_PDEATHSIG = 1
+SURVIVE = "MPI_KERNEL_SURVIVE"  # set by the supervisor for a launcher that keeps the survivors
 
 
 def launcher_rank(environ: dict | None = None) -> int | None:
@@ -64,6 +69,8 @@ def guard() -> None:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
+        if os.environ.get(SURVIVE):
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         die_with_parent()
         if os.getppid() != parent:  # the guard ended before prctl took effect
             os._exit(1)
@@ -74,8 +81,12 @@ def guard() -> None:
 def _wait_and_report(pid: int) -> None:
     # The guard keeps its copies of the launcher's descriptors (the PMI socket): a launcher
     # that sees the PMI socket close ends the job at once, before this report is written.
+    survive = bool(os.environ.get(SURVIVE))
     for sig in FORWARDED:
-        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+        if survive and sig == signal.SIGUSR1:
+            signal.signal(sig, signal.SIG_IGN)
+        else:
+            signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -85,6 +96,8 @@ def _wait_and_report(pid: int) -> None:
     entry = record(status, launcher_rank(), pid)
     if entry is not None:
         os.write(2, (MARK + json.dumps(entry) + "\n").encode())
+    if os.WIFSIGNALED(status) and survive:
+        os._exit(128 + os.WTERMSIG(status))
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway

@@ -23,7 +23,7 @@ from ipykernel.kernelapp import IPKernelApp
 from .. import __version__
 from ..framework import environment
 from ..framework.client import MPICommandClient
-from . import link
+from . import deaths, link
 
 log = logging.getLogger("mpi_kernel.kernel")
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
@@ -103,6 +103,14 @@ class SupervisorLink:
                   servers=servers)
         threading.Thread(target=self._watch, name="mpi-kernel-link", daemon=True).start()
 
+    def _server_died(self, entry: dict) -> None:
+        client = MPICommandClient()
+        rank = entry.get("rank")
+        if rank not in client.servers():
+            return
+        failed = client.server_died(rank, deaths.survived(entry, environment.current().rank))
+        log.warning("server rank %s died; %d request(s) failed; the job goes on without it", rank, len(failed))
+
     def _watch(self) -> None:
         self.sock.setblocking(True)
         reader = link.LineReader(self.sock, self.key)
@@ -113,6 +121,9 @@ class SupervisorLink:
             except link.LinkError as exc:
                 log.error("%s", exc)
                 continue
+            for message in messages:
+                if message["kind"] == "rank-ended":
+                    self._server_died(message["entry"])
             aborts = [m for m in messages if m["kind"] == "abort"]
             if aborts:
                 reason = f"the supervisor asked: {aborts[0].get('reason')}"

@@ -35,21 +35,26 @@ def default_mpiexec() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def launcher_flags(mpiexec: str) -> tuple[str, ...]:
-    """Flags the launcher needs so the kernel rank finds the supervisor: Open MPI's mpiexec
-    passes only the variables named with -x to other hosts (hydra and srun pass them all)."""
+def launcher_flags(mpiexec: str, survive: bool = True) -> tuple[str, ...]:
+    """Flags the launcher needs: Open MPI's mpiexec passes only the variables named with -x
+    to other hosts (hydra and srun pass them all), so the kernel rank finds the supervisor;
+    with `survive`, MPICH's hydra keeps the other ranks when one dies (-disable-auto-cleanup),
+    and the job goes on without it."""
     try:
         out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return ()
-    return ("-x", link.ENV) if "Open MPI" in out.stdout + out.stderr else ()
+    text = out.stdout + out.stderr
+    if "Open MPI" in text:
+        return ("-x", link.ENV)
+    return ("-disable-auto-cleanup",) if survive and "HYDRA" in text else ()
 
 
 def make_argv(ranks: int, mpiexec: str, mpiexec_args: list[str], python: str,
-              supervisor_args: list[str] | None = None) -> list[str]:
+              supervisor_args: list[str] | None = None, survive: bool = True) -> list[str]:
     """The supervisor on the Jupyter host, then the launcher line it runs."""
     return [python, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}", *(supervisor_args or []),
-            "--", mpiexec, *launcher_flags(mpiexec), *mpiexec_args, "-n", str(ranks), python, "-m",
+            "--", mpiexec, *launcher_flags(mpiexec, survive), *mpiexec_args, "-n", str(ranks), python, "-m",
             "mpi_kernel", "--kernel"]
 
 
@@ -69,12 +74,12 @@ def make_kernel_dict(ranks: int = DEFAULT_RANKS, mpiexec: str | None = None,
                      mpiexec_args: list[str] | None = None, display_name: str | None = None,
                      env: dict[str, str] | None = None, python: str | None = None,
                      prelude: str | None = None, stop_timeout: float | None = None,
-                     link_address: str | None = None) -> dict:
+                     link_address: str | None = None, survive: bool = True) -> dict:
     """kernel.json's content, from the template in kernelspec/."""
     template = json.loads(resources.files("mpi_kernel.spec_template").joinpath("kernel.json").read_text())
     template["argv"] = make_argv(ranks, mpiexec or default_mpiexec(), mpiexec_args or [],
                                  python or sys.executable,
-                                 supervisor_args(prelude, stop_timeout, link_address))
+                                 supervisor_args(prelude, stop_timeout, link_address), survive)
     template["display_name"] = display_name or template["display_name"].replace("{ranks}", str(ranks))
     template["env"] = dict(env or {})
     return template
@@ -141,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 1)")
     parser.add_argument("--link-address", help="address of the Jupyter host that the kernel rank "
                                                "connects back to (default: the host's name)")
+    parser.add_argument("--no-survive", dest="survive", action="store_false",
+                        help="when a server dies, end and restart the whole job, as with other "
+                             "launchers (default with MPICH's mpiexec: the job goes on without it)")
     args = parser.parse_args(argv)
     mpiexec = args.mpiexec or default_mpiexec()
     if os.sep in mpiexec and not os.access(mpiexec, os.X_OK):
@@ -152,6 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     path = install(args.name, user=args.user, prefix=prefix, ranks=args.ranks, mpiexec=mpiexec,
                    mpiexec_args=shlex.split(args.mpiexec_args), display_name=args.display_name,
                    env=dict(args.env), prelude=args.prelude, stop_timeout=args.stop_timeout,
-                   link_address=args.link_address)
+                   link_address=args.link_address, survive=args.survive)
     print(f"Installed kernelspec {args.name} in {path}")
     return 0

@@ -11,6 +11,8 @@ launcher (`mpiexec ...`, `srun ...`, any argv, after an optional shell prelude s
 - ends the job when Jupyter shuts the kernel down, restarts it, or goes away (even by
   SIGKILL): first by asking the kernel rank to MPI_Abort, then by killing the launcher,
   whose own teardown ends the ranks on every host. It never signals a pid on another host;
+- tells the kernel rank at once when a server dies, if the launcher keeps the survivors
+  (`mpiexec -disable-auto-cleanup`, MPICH): the job goes on without it (guard.py);
 - reports a job that dies by itself: the cells in flight end with an error that names the
   ranks that died (guard.py), where and how, and then it starts a new job, so the
   notebook goes on with a fresh kernel (Jupyter sees a kernel "restarting");
@@ -45,6 +47,8 @@ LAUNCH_RETRIES = 2
 # variable is set (MPICH's mpiexec reads PBS_NODEFILE and HYDRA_HOST_FILE by itself).
 HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfile", "-machinefile",
                 "--machinefile", "--default-hostfile", "-launcher", "-launcher-exec", "-bootstrap"}
+# Launcher options that keep the other ranks running when one dies (MPICH's hydra).
+SURVIVE_OPTIONS = {"-disable-auto-cleanup", "--disable-auto-cleanup"}
 HOST_VARIABLES = ("HYDRA_HOST_FILE", "PBS_NODEFILE", "SLURM_JOB_ID", "LSB_HOSTS", "LSB_MCPU_HOSTS",
                   "COBALT_NODEFILE", "PE_HOSTFILE", "PRTE_MCA_prte_default_hostfile",
                   "OMPI_MCA_orte_default_hostfile")
@@ -58,6 +62,7 @@ class Job:
     reader: link.LineReader | None = None
     hello: dict | None = None
     ended: list = dataclasses.field(default_factory=list)  # the guards' records, in order
+    survived: list = dataclasses.field(default_factory=list)  # those the job went on without
     partial: dict = dataclasses.field(default_factory=dict)  # fd -> bytes of an unfinished line
 
 
@@ -68,6 +73,7 @@ class Supervisor:
         with open(connection_file) as f:
             self.connection = json.load(f)
         self.launcher, self.prelude, self.relaunch = launcher, prelude, relaunch
+        self.survive = survives_deaths(launcher)
         self.stop_timeout = stop_timeout
         self.key = self.connection.get("key", "").encode()
         self.context = zmq.Context()
@@ -98,6 +104,8 @@ class Supervisor:
             argv = ["/bin/sh", "-c", f"{self.prelude}\nexec \"$@\"", "mpi-kernel-prelude", *argv]
         env = job_environment(self.launcher, os.environ)
         env[link.ENV] = self.link_info().to_env()
+        if self.survive:
+            env[guard.SURVIVE] = "1"
         log.info("starting the MPI job: %s", " ".join(argv))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
@@ -238,7 +246,8 @@ class Supervisor:
             return code or 1
         restarting = self.relaunch
         client_rank = job.hello.get("rank")
-        cause, lines = deaths.report(job.ended, code, client_rank, list(self.tail), restarting)
+        ended = [e for e in job.ended if e not in job.survived] or job.ended
+        cause, lines = deaths.report(ended, code, client_rank, list(self.tail), restarting)
         log.error("%s", "\n".join(lines))
         cells = self.relay.fail_executing(deaths.ERROR_NAME, cause, lines)
         log.info("the death was reported in %d running cell(s)", cells)
@@ -288,6 +297,18 @@ class Supervisor:
                  ", ".join(f"{r} on {h} pid {p}" for r, (h, p) in sorted(hello["servers"].items(),
                                                                          key=lambda i: int(i[0]))))
 
+    def _tell_kernel(self, job: Job, entry: dict) -> None:
+        """A server died in a job that survives it: the kernel rank fails its requests and
+        goes on with the others (the guards see a death long before MPI would, if ever)."""
+        if not self.survive or job.link is None or job.hello is None or entry.get("rank") == job.hello["rank"]:
+            return
+        log.warning("server rank %s on %s died; the job goes on without it", entry.get("rank"), entry.get("host"))
+        try:
+            link.send(job.link, self.key, "rank-ended", entry=entry)
+            job.survived.append(entry)
+        except OSError:
+            pass  # the kernel rank is gone as well: the job's end is reported as usual
+
     # -- the job's output --------------------------------------------------------------------
     def _read_output(self, wait: float) -> None:
         """Pass the launcher's output on to ours; keep its tail; pick out the guards' lines."""
@@ -321,9 +342,11 @@ class Supervisor:
             mark = text.find(guard.MARK)  # launchers may put their own text before it
             if mark >= 0:
                 try:
-                    job.ended.append(json.loads(text[mark + len(guard.MARK):]))
+                    entry = json.loads(text[mark + len(guard.MARK):])
                 except ValueError:
-                    pass
+                    continue
+                job.ended.append(entry)
+                self._tell_kernel(job, entry)
                 continue
             out.write(raw + b"\n")
             if text.strip():
@@ -339,6 +362,11 @@ def single_host(launcher: list[str], environ: dict) -> bool:
         return False
     options = {a.split("=", 1)[0] for a in launcher[1:]}
     return not options & HOST_OPTIONS and not any(v in environ for v in HOST_VARIABLES)
+
+
+def survives_deaths(launcher: list[str]) -> bool:
+    """Whether the launcher line keeps the other ranks when one dies."""
+    return any(arg in SURVIVE_OPTIONS for arg in launcher)
 
 
 def job_environment(launcher: list[str], environ: dict) -> dict:

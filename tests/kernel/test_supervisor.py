@@ -22,8 +22,10 @@ NAME = "mpi-supervised"
 
 @pytest.fixture(scope="module", autouse=True)
 def kernelspec(tmp_path_factory):
+    # --no-survive: a server's death ends the whole job here, as under launchers that cannot keep
+    # the survivors (test_survival.py has the job that goes on without it).
     return install_kernelspec(tmp_path_factory.mktemp("prefix"), name=NAME,
-                              prelude="export MPI_KERNEL_TEST_PRELUDE=ran")
+                              prelude="export MPI_KERNEL_TEST_PRELUDE=ran", survive=False)
 
 
 @pytest.fixture

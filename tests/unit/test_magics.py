@@ -47,6 +47,7 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.sent: list = []
+        self.deaths: dict[int, str] = {}
         self.stream_callback = self.display_callback = None
 
     def servers(self) -> list[int]:
@@ -58,6 +59,9 @@ class FakeClient:
 
     def timed_out(self):
         return []
+
+    def dead(self):
+        return dict(self.deaths)
 
     def queued(self, ids):
         return {}
@@ -203,3 +207,17 @@ def test_the_monitor_summarises_256_ranks_in_one_line_and_a_grid_of_squares():
     assert page.count('class="mpi-server mpi-busy"') == 10 and page.count("mpi-server") == 256 + 1
     assert 'title="rank 25 on n1: busy, train() (2 s)"' in page and len(page) < 40_000
     assert "rank 0: idle" in render({0: status[0]})   # a few ranks: labelled tiles
+
+
+def test_a_dead_rank_is_left_out_of_all_refused_by_name_and_told_once(magics, capsys):
+    magics.client.deaths = {1: "Only rank 1's variables are lost.\nMPIRankDied: server rank 1 killed\n"}
+    try:
+        with pytest.raises(UsageError, match=r"server 1 is dead \(server rank 1 killed\); choose other"):
+            magics._targets("0-1")
+        assert magics._targets("all") == [0, 2] and magics._targets("0,2") == [0, 2]
+        magics._tell_deaths()
+        magics._tell_deaths()
+        err = capsys.readouterr().err
+        assert err.count("MPIRankDied: server rank 1 killed") == 1 and "Only rank 1's" in err
+    finally:
+        magics.client.deaths = {}

@@ -41,3 +41,13 @@ def test_stalled_client_does_not_time_out_servers():
     m.pinged(0, 0.0)
     m.answered(0, {}, 10.0)
     assert m.expired(10.0) == []
+
+
+def test_a_dead_server_is_never_pinged_and_does_not_come_back():
+    monitor = MonitorClient([0, 1], ping_interval=0.1, server_timeout=1.0)
+    monitor.died(1, "MPIRankDied: killed\n")
+    assert monitor.dead() == {1: "MPIRankDied: killed\n"}
+    assert monitor.table[1].timed_out and monitor.table[1].state == "dead"
+    assert monitor.due(10.0) == [0] and monitor.expired(100.0) == []
+    assert monitor.answered(1, {"busy": True}, 11.0) is False  # a pong it sent before it died
+    assert monitor.table[1].state == "dead" and monitor.table[1].as_dict()["dead"] == "MPIRankDied: killed\n"

@@ -107,3 +107,22 @@ def test_the_request_list_has_the_guides_fields():
     book.take_next(0, 3.0)
     assert book.request_list() == {1: {"id": 1, "command": "x = 1", "mode": "eval", "parameters": None,
                                        "server": 0, "status": protocol.REQUEST_SENT}}
+
+
+def test_a_dead_server_fails_what_it_ran_and_what_waited_for_it_but_not_work_for_any():
+    book = RequestBook([0, 1])
+    queued(book, 1, 1)       # runs on 1
+    queued(book, 2, 1)       # queued for 1
+    queued(book, 3, None)    # for any server
+    queued(book, 4, 0)       # another server's
+    assert book.take_next(1, 0.0)[0] == 1
+    book.time_out(1, 5.0)    # a provisional timeout first: the death makes it final
+    assert sorted(book.die(1, "MPIRankDied: gone\n")) == [1, 2]
+    for i in (1, 2):
+        response = book.responses[i]
+        assert not response["successful"] and response["status"] == protocol.RESPONSE_RECEIVED
+        assert response["traceback"] == "MPIRankDied: gone\n" and response["server"] == 1
+    assert book.settled(1, lambda server: False)   # final, whatever the monitor says
+    assert 3 not in book.responses and 4 not in book.responses and book.running(1) is None
+    assert book.take_next(0, 0.0)[0] == 4 and book.queued([3]) == {3: None}
+    assert not book.queues[1] and 2 not in book.encoded

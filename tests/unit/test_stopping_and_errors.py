@@ -1,7 +1,7 @@
 """The stop policy (framework/stopping.py) and the merged remote error (errors.py), on fakes."""
 from __future__ import annotations
 
-from mpi_kernel.errors import RemoteError, error_name
+from mpi_kernel.errors import DeadServerError, RemoteError, error_name
 from mpi_kernel.framework.stopping import Stop
 
 
@@ -75,3 +75,11 @@ def test_failures_of_tasks_name_tasks_and_ranks_and_a_script_sees_the_tracebacks
 def test_error_name_reads_a_colored_last_line():
     assert error_name("x\n\x1b[0;31mKeyboardInterrupt\x1b[0m: \n") == "KeyboardInterrupt"
     assert error_name("") == "Error"
+
+
+def test_a_dead_servers_error_names_how_it_died_and_the_way_back():
+    error = DeadServerError(1, "Only rank 1's variables are lost.\nMPIRankDied: server rank 1 on h exited with code 3\n")
+    assert isinstance(error, ValueError) and error.rank == 1
+    assert str(error).startswith("server 1 is dead (server rank 1 on h exited with code 3); choose other targets")
+    assert "restart the kernel" in str(error)
+    assert error_name(error.reason) == "MPIRankDied"

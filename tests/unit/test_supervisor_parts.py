@@ -137,3 +137,25 @@ def test_a_rank_that_said_it_aborts_is_the_cause():
              {"rank": 2, "host": "h", "pid": 7, "code": 7, "abort": "Abort(7) on MPI_COMM_WORLD"}]
     assert deaths.summary(ended, 7, 3).startswith(
         "server rank 2 on h (pid 7) called MPI_Abort with errorcode 7 (Abort(7) on MPI_COMM_WORLD); then rank 0")
+
+
+def test_a_job_survives_deaths_only_when_its_launcher_keeps_the_others():
+    from mpi_kernel.jupyter.supervisor import survives_deaths
+    assert survives_deaths(["mpiexec", "-disable-auto-cleanup", "-n", "4", "python"])
+    assert not survives_deaths(["mpiexec", "-n", "4", "python"])
+    text = deaths.survived({"rank": 2, "host": "hostB", "pid": 7, "signal": 9}, client_rank=3)
+    assert text.splitlines()[-1].startswith("MPIRankDied: server rank 2 on hostB (pid 7) killed by signal 9")
+    assert "Only rank 2's variables are lost" in text
+
+
+def test_a_surviving_guard_exits_instead_of_dying_by_the_signal(tmp_path):
+    """hydra's proxy ends all its local ranks when a child dies by a signal: under SURVIVE the
+    guard reports the death and exits with 128 + the signal, and ignores hydra's SIGUSR1."""
+    import subprocess
+    import sys
+    code = ("from mpi_kernel.jupyter import guard\nimport os, signal\nguard.guard()\n"
+            "os.killpg(0, signal.SIGUSR1)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PMI_RANK": "2", guard.SURVIVE: "1"}, start_new_session=True)
+    assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
+    assert proc.stderr.startswith(guard.MARK) and '"signal": 9' in proc.stderr

@@ -1,0 +1,90 @@
+"""A server's death costs only that rank (MPICH's `mpiexec -disable-auto-cleanup`): the
+cell says so, the notebook's and the survivors' variables stay, and later cells run on the
+survivors. The whole-job restart (other launchers, `install --no-survive`) is in
+test_supervisor.py."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from kernel_helpers import (error_text, install_kernelspec, job_pids, run, start_kernel, survives_deaths, text_of,
+                            wait_gone)
+
+NAME = "mpi-survive"
+KILLS = {
+    "sigkill": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "killed by signal 9 (SIGKILL)"),
+    "exit": ("import os\nos._exit(3)", "exited with code 3"),
+    "segfault": ("import ctypes\nctypes.string_at(0)", "killed by signal 11 (SIGSEGV)"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernelspec_installed(tmp_path_factory):
+    if not survives_deaths():
+        pytest.skip("surviving a rank's death is built for MPICH's hydra only so far "
+                    "(Open MPI needs ULFM: issue 18)")
+    return install_kernelspec(tmp_path_factory.mktemp("prefix"), ranks=4, name=NAME)
+
+
+@pytest.fixture
+def kernel():
+    km, kc = start_kernel(NAME)
+    yield km, kc
+    kc.stop_channels()
+    if km.is_alive():  # (a test may have shut it down itself)
+        km.shutdown_kernel(now=False)
+
+
+def errors(outputs: list[dict]) -> list[dict]:
+    return [o for o in outputs if o["type"] == "error"]
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_a_dead_server_loses_only_its_own_variables(kernel, kill):
+    km, kc = kernel
+    how, said = KILLS[kill]
+    assert run(kc, "mine = 'client state'")[0] == "ok"
+    assert run(kc, "%%px\nkept = rank * 10")[0] == "ok"
+    supervisor, job = job_pids(km)
+    status, out = run(kc, f"%%px --targets 1\n{how}", timeout=30)
+    text = error_text(out)
+    assert status == "error" and errors(out)[-1]["ename"] == "RemoteError", out
+    assert "[1:execute]: MPIRankDied on rank 1" in text, text
+    assert f"server rank 1 on {socket.gethostname()} (pid" in text and said in text, text
+    assert "Only rank 1's variables are lost" in text, text
+    # The kernel did not restart: the client's and the survivors' variables are there.
+    assert job_pids(km)[0] == supervisor
+    status, out = run(kc, "print(mine)")
+    assert status == "ok" and "client state" in text_of(out)
+    status, out = run(kc, "%%px\nprint(rank, kept)")
+    assert status == "ok", error_text(out)
+    for rank in (0, 2):
+        assert f"{rank} {rank * 10}" in text_of(out), text_of(out)
+    assert "1 10" not in text_of(out)
+    status, out = run(kc, "%mpi_status")
+    assert status == "ok" and "dead" in text_of(out), error_text(out)
+    status, out = run(kc, "%%px --targets 1\n1")
+    said = text_of(out, "stderr")
+    assert status == "error" and "UsageError: server 1 is dead (" in said and "restart the kernel" in said, out
+    # Point to point between survivors works; the shutdown ends the job without MPI_Finalize.
+    status, out = run(kc, "%%px --targets 0,2\nif rank == 0: comm.send('hi', dest=2)\n"
+                          "if rank == 2: print('got', comm.recv(source=0))")
+    assert status == "ok" and "got hi" in text_of(out), error_text(out)
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+    assert not wait_gone([supervisor, *job], 10), "processes left after the shutdown"
+
+
+def test_a_death_while_idle_is_told_in_the_next_cell(kernel):
+    km, kc = kernel
+    status, out = run(kc, "%%px --targets 2 --noblock\nimport os, threading\n"
+                          "threading.Timer(0.3, os._exit, [5]).start()")
+    assert status == "ok"
+    time.sleep(1.5)
+    status, out = run(kc, "%%px\nprint('alive', rank)")
+    assert status == "ok", error_text(out)
+    assert "alive 0" in text_of(out) and "alive 1" in text_of(out) and "alive 2" not in text_of(out)
+    note = text_of(out, "stderr")
+    assert "server rank 2" in note and "exited with code 5" in note, note
