@@ -4,8 +4,8 @@ Drives a real 4-rank kernel (through jupyter_client, as a notebook would) throug
 failures a notebook user meets: bad input, interrupts, stuck ranks, user code that ends
 MPI, dead ranks. For each case it prints what the user saw (the error's first line), the
 time until the kernel was usable again (a `%%px` cell answered by every server, after
-the case's recovery step: the advice the cell gave), and how many processes were left
-beyond the job's own. Writes benchmarks/results/faults.{json,md}. Like the benchmarks
+the case's recovery step: the advice the cell gave), whose variables were kept (the
+notebook's, the servers'), and how many processes were left beyond the job's own. Writes benchmarks/results/faults.{json,md}. Like the benchmarks
 it asserts nothing; tests check the behaviour. `--quick` runs a few cheap cases.
 """
 from __future__ import annotations
@@ -35,6 +35,8 @@ class Case:
     recover: str | None = None        # the cell the error advised, run before the check
     setup: str | None = None          # a cell run first, outside the case
     quick: bool = False
+    restart: bool = False             # a server dies and the job goes on without it: restart
+                                      # afterwards, so the next case has every rank again
 
 
 CASES = [
@@ -57,9 +59,9 @@ CASES = [
          "assert MPI.COMM_WORLD.Get_rank() != 3"),
     Case("input() on servers", "%%px\ninput()"),
     Case("server killed (SIGKILL)", "%%px --targets 1\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
-         quick=True),
-    Case("server segfault", "%%px --targets 1\nimport ctypes\nctypes.string_at(0)"),
-    Case("server os._exit(3)", "%%px --targets 1\nimport os\nos._exit(3)"),
+         quick=True, restart=True),
+    Case("server segfault", "%%px --targets 1\nimport ctypes\nctypes.string_at(0)", restart=True),
+    Case("server os._exit(3)", "%%px --targets 1\nimport os\nos._exit(3)", restart=True),
     Case("comm.Abort(7) on a server", "%%px --targets 2\ncomm.Abort(7)"),
 ]
 
@@ -145,7 +147,20 @@ def running(pids: list[int]) -> list[int]:
     return left
 
 
+def state_kept(kc: Any, saw: str) -> str:
+    """Whose variables set before the case are still there: the notebook's, the servers'
+    (those left, when one died and the job went on without it)."""
+    notebook = run_cell(kc, "fault_mark")["status"] == "ok"
+    servers = run_cell(kc, "%%px\nfault_mark")["status"] == "ok"
+    if notebook and servers and "MPIRankDied" in saw:
+        return "all but the dead rank's"
+    return {(True, True): "all", (True, False): "notebook only", (False, True): "servers only"}.get(
+        (notebook, servers), "none")
+
+
 def run_case(km: Any, kc: Any, case: Case, steady: int) -> dict:
+    run_cell(kc, "fault_mark = 1")
+    run_cell(kc, "%%px\nfault_mark = 1")
     if case.setup:
         run_cell(kc, case.setup)
     t0 = time.monotonic()
@@ -154,10 +169,16 @@ def run_case(km: Any, kc: Any, case: Case, steady: int) -> dict:
         run_cell(kc, case.recover)
     ok = usable(kc)
     recovered = time.monotonic() - t0
+    kept = state_kept(kc, result["saw"])
+    if case.restart:
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=120)
+        usable(kc)
     time.sleep(0.5)  # launchers tear a dead job down in 0.1-0.4 s
     left = len(job_processes(km)) - steady
     return {"case": case.name, "status": result["status"], "saw": result["saw"],
-            "usable_after_s": round(recovered, 2) if ok else None, "extra_processes": left}
+            "usable_after_s": round(recovered, 2) if ok else None, "state_kept": kept,
+            "extra_processes": left}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,12 +222,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(results: dict) -> str:
     lines = [f"Fault matrix, {results['date']} (4 ranks, `python -m benchmarks.faults`)", "",
-             "| case | the cell | what the user saw | usable again after | processes left |",
-             "|---|---|---|---|---|"]
+             "| case | the cell | what the user saw | usable again after | state kept | processes left |",
+             "|---|---|---|---|---|---|"]
     for r in results["rows"]:
         saw = r["saw"].replace("|", "\\|")
         after = f"{r['usable_after_s']:.1f} s" if r["usable_after_s"] is not None else "never"
-        lines.append(f"| {r['case']} | {r['status']} | {saw} | {after} | {r['extra_processes']} |")
+        lines.append(f"| {r['case']} | {r['status']} | {saw} | {after} | {r.get('state_kept', '?')} | "
+                     f"{r['extra_processes']} |")
     lines += ["", f"Shutdown while a server held the GIL: every process was gone after "
                   f"{results['shutdown_s']:.1f} s (stop_timeout 1 s, then MPI_Abort); "
                   f"{results['left_after_shutdown']} left after 10 s."]

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from kernel_helpers import survives_deaths
+
 
 @pytest.mark.timeout(320)  # the run has its own 300 s limit; a first run also builds caches
 def test_benchmarks_quick_run_writes_results(tmp_path):
@@ -32,4 +34,6 @@ def test_fault_matrix_quick_run(tmp_path):
                                                     "server killed (SIGKILL)"]
     assert all(r["status"] == "error" and r["extra_processes"] == 0 for r in results["rows"]), results["rows"]
     assert "waits in the collective `comm.Barrier()`" in results["rows"][2]["saw"]
+    assert [r["state_kept"] for r in results["rows"]] == ["all", "all", "all",
+                                                          "all but the dead rank's" if survives_deaths() else "none"]
     assert results["left_after_shutdown"] == 0
