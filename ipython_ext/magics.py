@@ -1,5 +1,5 @@
 """The parallel magics: %%px, %px, %autopx, %pxresult, %pxconfig, %mpi_push, %mpi_pull,
-%mpi_scatter, %mpi_gather, %mpi_status, %mpi_monitor.
+%mpi_scatter, %mpi_gather, %mpi_status, %mpi_monitor, %mpi_restart_dead.
 
 They parse their options (magic_arguments; bad input is a UsageError and nothing is
 sent) and call the client; a %%px cell runs through the one PxRunner (cellrun.py)."""
@@ -18,7 +18,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, Int, Unicode, default
 
-from mpi_kernel.errors import DeadServerError, PxInterrupted, RemoteError, ServerError
+from mpi_kernel.errors import DeadServerError, PxInterrupted, RemoteError, ServerError, ranks_word
 from mpi_kernel.framework.client import MPICommandClient
 from mpi_kernel.framework.protocol import format_ranks
 from mpi_kernel.parallel.asyncresult import AsyncResult
@@ -306,6 +306,26 @@ class MPIMagics(Magics):
         targets = self._definite_targets(args.targets, "mpi_gather")
         with _reported():
             return self.client.gather(args.name, targets)
+
+    @magic_arguments()
+    @line_magic
+    def mpi_restart_dead(self, line: str) -> None:
+        """%mpi_restart_dead: start a new server for each dead rank, with the same rank number
+        and an empty namespace; MPI.COMM_WORLD in %%px cells has every rank again."""
+        self._parse(self.mpi_restart_dead, line)
+        if not self.client.dead():
+            print("No server has died: every rank is running.")
+            return
+        try:
+            ranks = self.client.restart_dead()
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from None
+        status = self.client.get_server_status()
+        where = ", ".join(f"{r} on {status[r]['host']} (pid {status[r]['pid']})" for r in ranks)
+        print(f"Started {ranks_word(ranks)} anew: {where}. {'Their' if len(ranks) > 1 else 'Its'} "
+              f"variables are empty (run the set-up cells there again); MPI.COMM_WORLD in %%px "
+              f"cells has all {len(status)} ranks again.")
+        self._told.difference_update(ranks)
 
     # -- status ---------------------------------------------------------------------------
     @magic_arguments()

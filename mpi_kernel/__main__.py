@@ -53,9 +53,14 @@ def _run_client(argv: list[str]) -> int:
 
 
 def _stop_servers() -> None:
-    from .framework.client import MPICommandClient
     from .framework.environment import abort
-    if MPICommandClient().stop_services():
+    try:
+        from .framework.client import MPICommandClient
+        stuck = MPICommandClient().stop_services()
+    except BaseException:  # (a client that cannot even stop them: the servers would wait for ever)
+        traceback.print_exc()
+        stuck = True
+    if stuck:
         abort(1)  # stuck servers would keep the job (and other hosts' ranks) alive for ever
 
 
@@ -70,15 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
+    # Nothing may load MPI before the guard forks (mpi4py's import initialises it): so
+    # protocol (pure), not respawn, says how a replacement is started.
+    from .framework.protocol import REPLACEMENT
     from .jupyter import guard, link
+    replaces = [int(r) for r in argv[1].split(",")] if argv[0] == REPLACEMENT and len(argv) > 1 else None
+    if replaces is not None:  # a replacement for dead servers (respawn.py): their rank numbers
+        index = guard.launcher_rank({k: v for k, v in os.environ.items() if k != guard.RANK_VARIABLE})
+        os.environ[guard.RANK_VARIABLE] = str(replaces[index or 0])
     supervised = link.ENV in os.environ
     if supervised:  # a rank of a supervised job: a guard reports how it ends
         guard.guard()
     from . import framework
     from .errors import MPIEnvironmentError
-    from .framework import usercomm
+    from .framework import respawn, usercomm
     try:
-        env = framework.launch()
+        env = respawn.join(replaces) if replaces is not None else framework.launch()
     except MPIEnvironmentError as exc:
         print(f"mpi_kernel: error: {exc}", file=sys.stderr)
         return 2

@@ -39,8 +39,9 @@ class DeadServerError(ValueError):
     def __init__(self, rank: int, reason: str) -> None:
         self.rank, self.reason = rank, reason
         how = reason.strip().splitlines()[-1].split(": ", 1)[-1] if reason.strip() else "its process ended"
-        super().__init__(f"server {rank} is dead ({how}); choose other targets. Its variables are "
-                         f"lost; restart the kernel to get a full world back")
+        super().__init__(f"server {rank} is dead ({how}); choose other targets, or start a new "
+                         f"server {rank} with %mpi_restart_dead (client.restart_dead()): its "
+                         f"variables are lost")
 
 
 class Failure(NamedTuple):

@@ -20,7 +20,7 @@ from traitlets import Bool, Enum, Float, Int, default
 from traitlets.config import Configurable
 
 from ..errors import ServerError
-from . import broadcast, environment, logs, memory, partition, protocol, transport
+from . import broadcast, environment, logs, memory, partition, protocol, respawn, transport
 from .monitor import MonitorClient
 from .pump import Pump, StreamCallback, unpicklable
 from .stopping import Stop
@@ -130,9 +130,7 @@ class MPICommandClient(Configurable):
             if self.keep_freed_memory:
                 memory.keep_freed_memory()
             for server in self._servers:
-                self._pump.control(server, protocol.START, {"log_level": self.log_level,
-                                                            "keep_freed_memory": self.keep_freed_memory,
-                                                            "capture_fd_output": self.capture_fd_output})
+                self._pump.control(server, protocol.START, self._start_config())
         hello = self._pump.hello
         missing = self._pump.wait_until(lambda: set(self._servers) - hello, self.start_timeout)
         if missing:
@@ -144,6 +142,10 @@ class MPICommandClient(Configurable):
             self._pump.monitoring = True
             self._pump.start_service()
         log.info("all services started on servers %s", protocol.format_ranks(self._servers))
+
+    def _start_config(self) -> dict:
+        return {"log_level": self.log_level, "keep_freed_memory": self.keep_freed_memory,
+                "capture_fd_output": self.capture_fd_output}
 
     def stop_services(self) -> list[int]:
         """Stop the servers (they exit) and the client's services. Safe to call twice (the
@@ -324,6 +326,43 @@ class MPICommandClient(Configurable):
         """{server rank: why it ended} of the servers that died."""
         with self._lock:
             return self._monitor.dead()
+
+    def restart_dead(self) -> list[int]:
+        """Start a replacement for each dead server, with its rank number and an empty
+        namespace, and rebuild the servers' world so that it has N-1 ranks again
+        (respawn.py). Every live server must be idle. Returns the ranks started anew."""
+        self._require_running()
+        with self._lock, transport.DeferredSigint():
+            dead = sorted(self._monitor.dead())
+            if not dead:
+                return []
+            live = [r for r in self._servers if r not in dead]
+            book = self._book
+            busy = sorted({r for r in live if book.inflight[r] is not None or book.queues[r]}
+                          | (set(live) if book.any_queue else set()))
+            if busy:
+                raise RuntimeError(f"servers {protocol.format_ranks(busy)} have work running or queued: "
+                                   f"replacing the dead servers needs every other server idle. Wait for "
+                                   f"that work, or Stop it, and try again")
+            ids = self._pump.queue(protocol.REBUILD, "<restart dead servers>", protocol.REBUILD, None,
+                                   [(r, dead) for r in live])
+            self._rebind(respawn.respawn(self._env, dead), dead)
+            for server in dead:
+                self._pump.control(server, protocol.START, self._start_config())
+        hello = self._pump.hello
+        missing = self._pump.wait_until(lambda: set(dead) - hello, self.start_timeout)
+        if missing:
+            raise RuntimeError(f"the replacements for servers {protocol.format_ranks(sorted(missing))} did "
+                               f"not answer within {self.start_timeout:g} s")
+        self._collect(ids, "<restart dead servers>")
+        log.info("servers %s started anew", protocol.format_ranks(dead))
+        return dead
+
+    def _rebind(self, env: environment.MPIEnvironment, replaced: list[int]) -> None:
+        """Use the rebuilt world's communicators; the replaced servers start afresh."""
+        self._env = env
+        self._pump.rebind(env.framework, replaced)
+        self._broadcasts = broadcast.Broadcaster(env.framework, env.bcast, env.client_rank)
 
     def live_servers(self) -> list[int]:
         """The server ranks whose processes still run."""

@@ -54,16 +54,17 @@ class ControlThread:
         self.thread.start()
 
     def _run(self) -> None:
-        env = self.server.env
+        server = self.server
         status = transport.MPI.Status()
         # Pings and interrupts are not latency-bound: a 50 ms cap keeps idle CPU low.
         backoff = transport.Backoff(spin=0.0, start=1e-3, warm=0.0, cap=50e-3, idle_cap=50e-3)
         while not self.stopping.is_set():
             self.flush()
+            env = server.env  # read each time: the world may have been rebuilt (respawn.py)
             got, message = transport.try_receive(env.framework, env.client_rank, Tag.CONTROL, status)
             if not got:
                 # A broadcast announced while the main thread runs user code is joined here.
-                if self.server.poll_broadcasts():
+                if server.poll_broadcasts():
                     backoff.reset()
                 else:
                     backoff.wait()

@@ -98,12 +98,18 @@ def check_world(provided: int, size: int, library: str) -> None:
 
 def launch() -> MPIEnvironment:
     """Initialise MPI on this rank and build the framework communicators (collective)."""
-    global _current
     if _current is not None:
         return _current
-    world = MPI.COMM_WORLD
+    check_world(MPI.Query_thread(), MPI.COMM_WORLD.Get_size(), library_name())
+    return build(MPI.COMM_WORLD)
+
+
+def build(world: MPI.Intracomm) -> MPIEnvironment:
+    """Make the framework's communicators over `world` (collective over it) and make them
+    this process's environment: at start-up, and over the world rebuilt after a rank's
+    death (respawn.py), where every rank keeps its number."""
+    global _current
     library = library_name()
-    check_world(MPI.Query_thread(), world.Get_size(), library)
     rank, size = world.Get_rank(), world.Get_size()
     framework = world.Dup()
     framework.Set_name("mpi_kernel.framework")

@@ -90,6 +90,14 @@ class MonitorClient:
         status.dead, status.timed_out, status.ping_sent_at = reason, True, None
         status.busy, status.command, status.command_id, status.command_start_time = False, None, None, None
 
+    def replaced(self, ranks: list[int]) -> None:
+        """`ranks` run again in new processes; the pings still outstanding are dropped (their
+        answers went to a communicator that is no longer read)."""
+        for rank in ranks:
+            self.table[rank] = ServerStatus(rank)
+        for status in self.table.values():
+            status.ping_sent_at = None
+
     def dead(self) -> dict[int, str]:
         """{rank: why it ended} of the servers that died."""
         return {s.rank: s.dead for s in self.table.values() if s.dead is not None}

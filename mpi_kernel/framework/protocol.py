@@ -37,7 +37,11 @@ IDLE, BUSY, DEAD = "idle", "busy", "dead"
 # "cell" runs IPython-style (the %%px magic): the last expression's value comes
 # back as a mime bundle, errors as IPython-style tracebacks.
 # "calls" is a view's task: a pickled function and the (args, kwargs) to call it on.
-COMMAND, PUSH, PULL, CELL, CALLS = "command", "push", "pull", "cell", "calls"
+# "rebuild" makes a server join the world rebuilt around replacements for dead ranks (respawn.py).
+COMMAND, PUSH, PULL, CELL, CALLS, REBUILD = "command", "push", "pull", "cell", "calls", "rebuild"
+
+# `python -m mpi_kernel --replacement 1,3` starts replacements for dead ranks 1 and 3 (respawn.py).
+REPLACEMENT = "--replacement"
 
 # Control and event kinds.
 # DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever.

@@ -178,8 +178,19 @@ class Pump:
         for rank in self.servers:
             if self.monitor.table[rank].dead is None:
                 self.control(rank, protocol.DEATH, server)
-        log.warning("server %d died (%s); %d of its requests failed", server, reason, len(ids))
+        log.info("server %d died; %d of its requests failed", server, len(ids))  # (the cell says why)
         return ids
+
+    def rebind(self, comm: Any, replaced: list[int]) -> None:
+        """Receive and send over `comm` (the rebuilt world's) from now on. The replaced
+        servers start afresh; every outstanding ping is dropped, since its answer may have
+        gone to the old communicator, which nobody reads any more. Call with the lock held."""
+        self.comm = comm
+        self.monitor.replaced(replaced)
+        for server in replaced:
+            self.hello.discard(server)
+            self.stopped.discard(server)
+            self.stacks.pop(server, None)
 
     def _undecodable(self, server: int, tag: int, exc: transport.DecodeError) -> tuple | None:
         """A failed reply in place of a response the client cannot unpickle; events are dropped."""

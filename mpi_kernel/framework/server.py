@@ -24,7 +24,7 @@ import types
 from types import TracebackType
 from typing import Any, Callable
 
-from . import broadcast, environment, logs, memory, protocol, stuck, transport, usercomm
+from . import broadcast, environment, logs, memory, protocol, respawn, stuck, transport, usercomm
 from .bounded import BoundedCache, SourceKeeper, source_hash
 from .control import ControlThread, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
@@ -123,7 +123,7 @@ class MPICommandServer:
         self.fd_capture: FdCapture | None = None  # started by configure()
         self._runners = {protocol.COMMAND: self._run_command, protocol.PUSH: self._push,
                          protocol.PULL: self._pull, protocol.CELL: self._run_cell,
-                         protocol.CALLS: self._run_calls}
+                         protocol.CALLS: self._run_calls, protocol.REBUILD: self._rebuild}
         self.sources = SourceKeeper()
         self.broadcasts = broadcast.Receiver(env.framework, env.bcast, env.client_rank)
         self._codes = BoundedCache(*CODE_CACHE)
@@ -222,6 +222,9 @@ class MPICommandServer:
                     self._refuse(exc)
                 else:
                     self.handle(request)
+                    if comm is not self.env.framework:  # the world was rebuilt (respawn.py)
+                        comm = self.env.framework
+                        probe = functools.partial(comm.Iprobe, client, Tag.REQUEST)
                 backoff.reset()
         finally:
             sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__
@@ -389,6 +392,24 @@ class MPICommandServer:
             except Exception:  # IPython itself failed (an interrupt while it was importing)
                 log.exception("IPython could not format a traceback; plain Python's follows")
         return "".join(traceback.format_exception(type(exc), exc, _user_frames(exc, self._framework_files)))
+
+    def _rebuild(self, request_id: int, command: str, mode: str, dead: list[int]) -> Reply:
+        """Join the client and the other survivors in starting replacements for `dead`, then
+        serve over the rebuilt world (the reply already goes there)."""
+        try:
+            self.rebind(respawn.respawn(self.env, dead))
+        except Exception as exc:
+            return Reply(request_id, traceback="".join(traceback.format_exception(exc)))
+        return Reply(request_id, successful=True)
+
+    def rebind(self, env: environment.MPIEnvironment) -> None:
+        """Use the communicators of `env` from now on (the world was rebuilt)."""
+        self.env = env
+        self._framework = env.framework
+        self.worlds = usercomm.worlds
+        self.namespace.update(comm=self.worlds.servers, size=env.servers.Get_size())
+        self.broadcasts = broadcast.Receiver(env.framework, env.bcast, env.client_rank)
+        self._world_group = None
 
     def _push(self, request_id: int, command: str, mode: str, variables: Any) -> Reply:
         if isinstance(variables, protocol.Staged):  # the value came by broadcast

@@ -96,8 +96,10 @@ worlds: Worlds | None = None
 
 
 def install(world: Any, servers: Any) -> Worlds:
-    """Give user code its world (MPI.COMM_WORLD) and an `MPI.Finalize` that refuses."""
-    global worlds
+    """Give user code its world (MPI.COMM_WORLD) and an `MPI.Finalize` that refuses; again
+    over a world rebuilt after a death (respawn.py), which Abort then ends."""
+    global worlds, _REAL_WORLD
+    _REAL_WORLD = world
     worlds = Worlds(world, servers)
     MPI.COMM_WORLD = worlds.plain
     MPI.Finalize = _refuse_finalize

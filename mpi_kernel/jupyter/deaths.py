@@ -97,8 +97,8 @@ def survived(entry: dict, client_rank: int | None) -> str:
     last line names the exception, as a Python traceback's does."""
     rank = entry.get("rank")
     return (f"Only rank {rank}'s variables are lost: the notebook's and the other servers' are kept, "
-            f"and later cells run on the servers that are left. Restart the kernel to get rank "
-            f"{rank} back.\n{DIED_NAME}: {who(entry, client_rank)} {how(entry)}\n")
+            f"and later cells run on the servers that are left. %mpi_restart_dead starts a new "
+            f"rank {rank}, with empty variables.\n{DIED_NAME}: {who(entry, client_rank)} {how(entry)}\n")
 
 
 def report(ended: list[dict], launcher_code: int | None, client_rank: int | None,

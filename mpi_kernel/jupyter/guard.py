@@ -26,7 +26,8 @@ import socket
 import sys
 
 MARK = "mpi-kernel-rank-ended "
-RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+RANK_VARIABLE = "MPI_KERNEL_RANK"  # a replacement's rank in the job (PMI_RANK is among its own kind)
+RANK_VARS = (RANK_VARIABLE, "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP)
 PR_SET_PDEATHSIG = 1

@@ -109,7 +109,7 @@ class SupervisorLink:
         if rank not in client.servers():
             return
         failed = client.server_died(rank, deaths.survived(entry, environment.current().rank))
-        log.warning("server rank %s died; %d request(s) failed; the job goes on without it", rank, len(failed))
+        log.info("server rank %s died; %d request(s) failed; the job goes on without it", rank, len(failed))
 
     def _watch(self) -> None:
         self.sock.setblocking(True)

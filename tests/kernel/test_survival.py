@@ -67,7 +67,7 @@ def test_a_dead_server_loses_only_its_own_variables(kernel, kill):
     assert status == "ok" and "dead" in text_of(out), error_text(out)
     status, out = run(kc, "%%px --targets 1\n1")
     said = text_of(out, "stderr")
-    assert status == "error" and "UsageError: server 1 is dead (" in said and "restart the kernel" in said, out
+    assert status == "error" and "UsageError: server 1 is dead (" in said and "%mpi_restart_dead" in said, out
     # Point to point between survivors works; the shutdown ends the job without MPI_Finalize.
     status, out = run(kc, "%%px --targets 0,2\nif rank == 0: comm.send('hi', dest=2)\n"
                           "if rank == 2: print('got', comm.recv(source=0))")
@@ -88,3 +88,27 @@ def test_a_death_while_idle_is_told_in_the_next_cell(kernel):
     assert "alive 0" in text_of(out) and "alive 1" in text_of(out) and "alive 2" not in text_of(out)
     note = text_of(out, "stderr")
     assert "server rank 2" in note and "exited with code 5" in note, note
+
+
+def test_restart_dead_brings_the_rank_back_empty_and_the_world_whole(kernel):
+    km, kc = kernel
+    assert run(kc, "%%px\nkept = rank * 10\nimport os\npid = os.getpid()")[0] == "ok"
+    status, out = run(kc, "%mpi_restart_dead")
+    assert status == "ok" and "No server has died" in text_of(out)
+    run(kc, "%%px --targets 0,1\nimport os\nos._exit(4)")
+    status, out = run(kc, "%mpi_restart_dead", timeout=60)
+    said = text_of(out)
+    assert status == "ok" and "Started ranks 0-1 anew" in said and "variables are empty" in said, error_text(out)
+    status, out = run(kc, "%%px\nfrom mpi4py import MPI\n"
+                          "print(rank, MPI.COMM_WORLD.Get_size(), comm.allreduce(rank), 'kept' in dir())")
+    text = text_of(out)
+    assert status == "ok", error_text(out)
+    for line in ("0 3 3 False", "1 3 3 False", "2 3 3 True"):
+        assert line in text, text
+    status, out = run(kc, "%mpi_status")
+    assert status == "ok" and "3 idle" in text_of(out) and "dead" not in text_of(out), text_of(out)
+    # A second death after the restart is handled the same way.
+    status, out = run(kc, "%%px --targets 1\nimport os\nos._exit(6)")
+    assert status == "error" and "exited with code 6" in error_text(out)
+    status, out = run(kc, "%%px\nprint('left', rank)")
+    assert status == "ok" and "left 0" in text_of(out) and "left 2" in text_of(out)

@@ -81,5 +81,5 @@ def test_a_dead_servers_error_names_how_it_died_and_the_way_back():
     error = DeadServerError(1, "Only rank 1's variables are lost.\nMPIRankDied: server rank 1 on h exited with code 3\n")
     assert isinstance(error, ValueError) and error.rank == 1
     assert str(error).startswith("server 1 is dead (server rank 1 on h exited with code 3); choose other targets")
-    assert "restart the kernel" in str(error)
+    assert "%mpi_restart_dead" in str(error)
     assert error_name(error.reason) == "MPIRankDied"
