@@ -20,6 +20,8 @@ not start MPI; `launch()` does.
     server       MPICommandServer: namespace, eval/exec, replies
     control      the server's control thread (start, ping, interrupt, stop, stacks)
     stopping     the one policy for stopping requests: cancel the queued, interrupt the running
+    respawn      replacements for dead servers, and the world rebuilt around them
+    failed       which ranks MPICH knows to have failed (MPIX_Comm_get_failed, by ctypes)
     broadcast, output, logs, memory, bounded, partition, stuck: the parts they share
 """
 from __future__ import annotations
