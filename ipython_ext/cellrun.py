@@ -16,13 +16,14 @@ from mpi_kernel.errors import PxError, PxInterrupted, PxTimeout, RemoteError, er
 from mpi_kernel.framework.client import MPICommandClient
 from mpi_kernel.framework.protocol import format_ranks
 from mpi_kernel.framework.stopping import Stop
-from mpi_kernel.framework.stuck import explain
+from mpi_kernel.framework.stuck import explain, waits_for_dead
 from mpi_kernel.parallel.asyncresult import AsyncResult
 
 from . import display as show
 from .cellout import CellOutput, Pacer, Spill
 
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
+DEATH_LOOK_AFTER = 1.0  # seconds after a death before the cell looks whether the others wait for it
 BUSY_NOTICE_AFTER = 1.0  # seconds a server has been busy before a new cell says it waits for it
 LOCAL_FAILED_WAIT = 5.0  # seconds the servers get to finish once the client's part of --local failed
 STOP_WAIT = 3.0  # seconds after Stop before the cell says which ranks did not stop, and why
@@ -151,12 +152,18 @@ class PxRunner:
         progress = show.ProgressLine(len(ids), after=after)
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         next_look = DIAGNOSE_AFTER
+        deaths_seen, death_look = self.client.dead().keys(), None
         try:
             while not self.client.wait(ids, timeout=slice_):
                 slice_ = 0.1
                 self._drain(ids)
                 waiting = self._waiting(ids)
                 elapsed = time.monotonic() - progress.start
+                if self.client.dead().keys() != deaths_seen:  # a rank died during the cell
+                    deaths_seen, death_look = self.client.dead().keys(), elapsed + DEATH_LOOK_AFTER
+                if death_look is not None and waiting and elapsed > death_look:
+                    death_look = None
+                    self._end_if_waiting_for_dead(ids, waiting, local)
                 if timeout is not None and elapsed > timeout:
                     self._expire(ids, timeout, local)
                 if waiting and elapsed > next_look:  # a collective that cannot complete?
@@ -190,11 +197,25 @@ class PxRunner:
         ([(advice, blocked)], {rank: stack report}). Every busy rank's stack is taken, so
         a collective's missing members can be named."""
         status = self.client.get_server_status()
-        idle = [r for r, s in status.items() if not s["busy"]]
+        dead = sorted(self.client.dead())
+        idle = [r for r, s in status.items() if not s["busy"] and r not in dead]
         stacks = self.client.stacks(sorted({r for r, s in status.items() if s["busy"]} | set(stuck)))
         reports = {r: None if v is None else v["doing"] for r, v in stacks.items()}
         still = [r for r in stuck if stacks.get(r) is None or stacks[r]["doing"] is not None]
-        return explain(still, reports, idle, self._client_rank, local), stacks
+        return explain(still, reports, idle, self._client_rank, local, dead), stacks
+
+    def _end_if_waiting_for_dead(self, ids: list[int], waiting: list[int], local: bool) -> None:
+        """A rank of the cell died and others still run: if they wait in a collective with it,
+        which never returns (MPI does not tell them), end the cell now with the death and why
+        they are stuck, instead of waiting for ever."""
+        advice, stacks = self._diagnosis(waiting, local)
+        dead = sorted(self.client.dead())
+        if not any(waits_for_dead((stacks.get(r) or {}).get("doing"), dead) for r in waiting):
+            return
+        failed = [r for r in self.client.get_command_response(ids, False, False) if not r["successful"]]
+        lines = [line for line, _ in advice]
+        raise RemoteError.from_responses(failed, "\n".join([*lines, f"{ranks_word(waiting).capitalize()} "
+                                                           f"still run the cell: work sent to them waits."]))
 
     def _expire(self, ids: list[int], timeout: float, local: bool) -> None:
         stop = Stop(self.client, ids)

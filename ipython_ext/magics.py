@@ -308,16 +308,19 @@ class MPIMagics(Magics):
             return self.client.gather(args.name, targets)
 
     @magic_arguments()
+    @argument("--end-busy", action="store_true",
+              help="also end the servers that still run something (a collective with a dead rank "
+                   "never returns) and start them anew: their variables are lost")
     @line_magic
     def mpi_restart_dead(self, line: str) -> None:
-        """%mpi_restart_dead: start a new server for each dead rank, with the same rank number
-        and an empty namespace; MPI.COMM_WORLD in %%px cells has every rank again."""
-        self._parse(self.mpi_restart_dead, line)
+        """%mpi_restart_dead [--end-busy]: start a new server for each dead rank, with the same
+        rank number and an empty namespace; MPI.COMM_WORLD in %%px cells has every rank again."""
+        args = self._parse(self.mpi_restart_dead, line)
         if not self.client.dead():
             print("No server has died: every rank is running.")
             return
         try:
-            ranks = self.client.restart_dead()
+            ranks = self.client.restart_dead(end_busy=args.end_busy)
         except RuntimeError as exc:
             raise UsageError(str(exc)) from None
         status = self.client.get_server_status()

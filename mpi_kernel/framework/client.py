@@ -85,6 +85,7 @@ class MPICommandClient(Configurable):
         self._lock, self._book = self._pump.lock, self._pump.book
         self._broadcasts = broadcast.Broadcaster(env.framework, env.bcast, env.client_rank)
         self._unconfirmed: list[int] = []  # servers that did not confirm the stop
+        self._respawned: set[int] = set()  # servers whose process is a replacement (respawn.py)
         self.observe(self._observe_monitor, names=["ping_interval", "server_timeout"])
         logs.install_origin(env.origin)
         atexit.register(self._at_exit)
@@ -314,12 +315,16 @@ class MPICommandClient(Configurable):
                     if status.timed_out and status.dead is None]
 
     # -- deaths ------------------------------------------------------------------------------
-    def server_died(self, rank: int, reason: str) -> list[int]:
+    def server_died(self, rank: int, reason: str, pid: int | None = None) -> list[int]:
         """Record that server `rank`'s process ended (the supervisor's guards see it first):
         its requests fail with `reason`, it gets no more work, and the job goes on with the
-        survivors. Returns the ids of the requests that failed."""
+        survivors. Returns the ids of the requests that failed. With `pid`, a report about a
+        process already counted dead (one ended to be replaced, and maybe replaced by now)
+        is ignored."""
         (rank,) = protocol.check_targets(rank, self._servers)
         with self._lock:
+            if pid is not None and pid in self._pump.ended_pids:
+                return []
             return self._pump.server_died(rank, reason)
 
     def dead(self) -> dict[int, str]:
@@ -327,12 +332,16 @@ class MPICommandClient(Configurable):
         with self._lock:
             return self._monitor.dead()
 
-    def restart_dead(self) -> list[int]:
+    def restart_dead(self, end_busy: bool = False) -> list[int]:
         """Start a replacement for each dead server, with its rank number and an empty
         namespace, and rebuild the servers' world so that it has N-1 ranks again
-        (respawn.py). Every live server must be idle. Returns the ranks started anew."""
+        (respawn.py). Every live server must be idle; with `end_busy`, those running
+        something are ended and replaced too (a collective with a dead rank never returns
+        under MPICH, and Stop cannot end it). Returns the ranks started anew."""
         self._require_running()
         with self._lock, transport.DeferredSigint():
+            if end_busy:
+                self._end_busy()
             dead = sorted(self._monitor.dead())
             if not dead:
                 return []
@@ -343,7 +352,12 @@ class MPICommandClient(Configurable):
             if busy:
                 raise RuntimeError(f"servers {protocol.format_ranks(busy)} have work running or queued: "
                                    f"replacing the dead servers needs every other server idle. Wait for "
-                                   f"that work, or Stop it, and try again")
+                                   f"that work, or Stop it, and try again (end_busy=True, or "
+                                   f"%mpi_restart_dead --end-busy, ends and replaces them too)")
+            # MPICH lists the deaths of the job's first processes only, not of replacements.
+            if not respawn.wait_reported(self._pump.comm, [r for r in dead if r not in self._respawned]):
+                raise RuntimeError(f"MPI has not yet noticed the end of servers {protocol.format_ranks(dead)} "
+                                   f"after 5 s; try again in a moment")
             ids = self._pump.queue(protocol.REBUILD, "<restart dead servers>", protocol.REBUILD, None,
                                    [(r, dead) for r in live])
             self._rebind(respawn.respawn(self._env, dead), dead)
@@ -358,9 +372,22 @@ class MPICommandClient(Configurable):
         log.info("servers %s started anew", protocol.format_ranks(dead))
         return dead
 
+    def _end_busy(self) -> None:
+        """End the servers that run something (their queued work is cancelled): they count
+        as dead from now on. Call with the lock held."""
+        book = self._book
+        for rank in self._servers:
+            if self._monitor.table[rank].dead is None and book.inflight[rank] is not None:
+                book.cancel_queued([i for i, r in book.requests.items()
+                                    if r["server"] == rank and i in book.encoded])
+                self._pump.control(rank, protocol.EXIT, 1)
+                self._pump.server_died(rank, f"Its variables are lost.\nMPIRankDied: server rank {rank} was "
+                                             f"ended by restart_dead(end_busy=True), to be started anew\n")
+
     def _rebind(self, env: environment.MPIEnvironment, replaced: list[int]) -> None:
         """Use the rebuilt world's communicators; the replaced servers start afresh."""
         self._env = env
+        self._respawned.update(replaced)
         self._pump.rebind(env.framework, replaced)
         self._broadcasts = broadcast.Broadcaster(env.framework, env.bcast, env.client_rank)
 

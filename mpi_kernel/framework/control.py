@@ -9,6 +9,7 @@ module and not the other way round.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -47,7 +48,7 @@ class ControlThread:
         self._handlers: dict[str, Callable[[Any], None]] = {
             protocol.PING: self._ping, protocol.START: self._start, protocol.INTERRUPT: server.interrupt,
             protocol.STOP: self._stop, protocol.STACK: self._stack,
-            protocol.DEATH: environment.lost_ranks.add,
+            protocol.DEATH: environment.lost_ranks.add, protocol.EXIT: self._exit,
         }
 
     def start(self) -> None:
@@ -85,6 +86,12 @@ class ControlThread:
 
     def _stack(self, _: Any) -> None:
         self.server.send_event(protocol.STACK, self.server.stack())
+
+    def _exit(self, code: int) -> None:
+        """End this process now, whatever the main thread is in (a collective that never
+        returns): the client replaces it (respawn.py)."""
+        log.warning("server %d ends at the client's request (it is to be replaced)", self.server.env.rank)
+        os._exit(code)
 
     def _stop(self, grace: float) -> None:
         """Ask the main thread to leave its loop (it then says STOPPED); enforce `grace`."""

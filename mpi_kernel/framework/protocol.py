@@ -44,8 +44,10 @@ COMMAND, PUSH, PULL, CELL, CALLS, REBUILD = "command", "push", "pull", "cell", "
 REPLACEMENT = "--replacement"
 
 # Control and event kinds.
-# DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever.
-START, PING, INTERRUPT, STOP, STACK, DEATH = "start", "ping", "interrupt", "stop", "stack", "death"
+# DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever. EXIT
+# ends a server that cannot stop (it waits for a dead rank), so that it can be replaced.
+START, PING, INTERRUPT, STOP, STACK, DEATH, EXIT = ("start", "ping", "interrupt", "stop", "stack", "death",
+                                                    "exit")
 HELLO, PONG, STREAM, LOG, STOPPED, DISPLAY = "hello", "pong", "stream", "log", "stopped", "display"
 
 RESPONSE_KEYS = (

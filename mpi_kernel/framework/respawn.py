@@ -13,8 +13,9 @@ Measured with the MPICH wheel on 2 cores (../shared/reference/fault-tolerance/):
 from __future__ import annotations
 
 import sys
+import time
 
-from . import environment, usercomm
+from . import environment, failed, usercomm
 from .environment import MPI, MPIEnvironment
 from .protocol import REPLACEMENT
 
@@ -22,8 +23,26 @@ TAG = 18  # MPI_Comm_create_group's tag for the survivors' communicator
 
 
 def command(dead: list[int]) -> list[str]:
-    """The argv that starts replacements for `dead` (they run `python -m mpi_kernel`)."""
-    return [sys.executable, "-m", "mpi_kernel", REPLACEMENT, ",".join(map(str, dead))]
+    """The argv that starts replacements for `dead` (they run `python -m mpi_kernel`).
+
+    Through a shell that ignores SIGUSR1 before it becomes Python (an ignored signal stays
+    ignored across exec): hydra sends SIGUSR1 to every rank when one dies, and a Python
+    still starting up would die of it, which makes hydra end the whole job."""
+    return ["/bin/sh", "-c", 'trap "" USR1; exec "$0" "$@"', sys.executable, "-m", "mpi_kernel",
+            REPLACEMENT, ",".join(map(str, dead))]
+
+
+def wait_reported(comm: MPI.Comm, dead: list[int], timeout: float = 5.0) -> bool:
+    """Wait until the MPI library lists `dead` as failed (True; at once where it cannot say):
+    a replacement must not start while hydra still sends its failure notices."""
+    deadline = time.monotonic() + timeout
+    while True:
+        known = failed.failed(comm)
+        if known is None or set(dead) <= known:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def respawn(env: MPIEnvironment, dead: list[int]) -> MPIEnvironment:

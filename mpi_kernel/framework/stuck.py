@@ -161,19 +161,25 @@ def _members(target: Any, world_group: Any, mpi: Any) -> dict[str, Any]:
 
 # -- the client's side ------------------------------------------------------------------
 def explain(stuck: list[int], reports: dict[int, dict | None], idle: list[int], client_rank: int,
-            client_joins: bool) -> list[tuple[str, bool]]:
+            client_joins: bool, dead: list[int] = ()) -> list[tuple[str, bool]]:
     """(advice, blocked) for each group of `stuck` ranks doing the same thing.
 
     `reports` has every busy rank's report (None: it did not answer, so it holds the GIL),
     which is how a collective's missing members are found. `idle` are the servers running
-    nothing; `client_joins` is True in a --local cell. `blocked` is True for a collective
-    that cannot complete as things are (a member is idle, or is the client of a plain cell).
+    nothing, `dead` those whose process ended; `client_joins` is True in a --local cell.
+    `blocked` is True for a collective that cannot complete as things are (a member is idle,
+    dead, or is the client of a plain cell).
     """
     groups: dict[tuple, list[int]] = {}
     for rank in sorted(stuck):
         groups.setdefault(_key(reports[rank]), []).append(rank)
-    return [_advice(ranks, reports[ranks[0]], reports, idle, client_rank, client_joins)
+    return [_advice(ranks, reports[ranks[0]], reports, idle, client_rank, client_joins, list(dead))
             for ranks in groups.values()]
+
+
+def waits_for_dead(report: dict | None, dead: list[int]) -> bool:
+    """Whether a rank's report is a collective with a dead member: under MPICH it never returns."""
+    return bool(report and report.get("collective") and set(report.get("members") or ()) & set(dead))
 
 
 def _key(report: dict | None) -> tuple:
@@ -188,7 +194,7 @@ def _who(ranks: list[int]) -> str:
 
 
 def _advice(ranks: list[int], report: dict | None, reports: dict[int, dict | None], idle: list[int],
-            client_rank: int, client_joins: bool) -> tuple[str, bool]:
+            client_rank: int, client_joins: bool, dead: list[int]) -> tuple[str, bool]:
     who = _who(ranks).capitalize()
     if report is None:
         return (f"{who} did not answer within 1 s: C code that holds the GIL (a huge integer "
@@ -205,11 +211,11 @@ def _advice(ranks: list[int], report: dict | None, reports: dict[int, dict | Non
     if report["kind"] == "python":
         return (f"{who} {'are' if len(ranks) > 1 else 'is'} running Python code ({call}) that did not "
                 f"stop: it may catch KeyboardInterrupt. Interrupt again, or restart the kernel.", False)
-    return _mpi_advice(who, ranks, report, reports, idle, client_rank, client_joins)
+    return _mpi_advice(who, ranks, report, reports, idle, client_rank, client_joins, dead)
 
 
 def _mpi_advice(who: str, ranks: list[int], report: dict, reports: dict[int, dict | None],
-                idle: list[int], client_rank: int, client_joins: bool) -> tuple[str, bool]:
+                idle: list[int], client_rank: int, client_joins: bool, dead: list[int]) -> tuple[str, bool]:
     verb = "wait" if len(ranks) > 1 else "waits"
     call = f"`{report['call']}`"
     comm = f" on {report['comm']}" if report.get("comm") else ""
@@ -232,8 +238,13 @@ def _mpi_advice(who: str, ranks: list[int], report: dict, reports: dict[int, dic
         if missing == [client_rank] and report.get("comm") == "MPI_COMM_WORLD":
             parts.append(f" To release these ranks now, run `MPI.COMM_WORLD.{report['method']}(...)` "
                          f"with matching arguments in a plain cell (on the client).")
-    free = [m for m in missing if m in idle]
-    busy = [m for m in missing if m not in idle and m != client_rank]
+    gone = [m for m in missing if m in dead]
+    if gone:
+        parts.append(f" {_who(gone).capitalize()} died, and MPI does not tell the others: the call "
+                     f"never returns. `%mpi_restart_dead --end-busy` ends {_who(ranks)} and starts "
+                     f"{_who(sorted(gone + ranks))} anew (their variables are lost), or restart the kernel.")
+    free = [m for m in missing if m in idle and m not in dead]
+    busy = [m for m in missing if m not in idle and m != client_rank and m not in dead]
     if free:
         parts.append(f" Run the matching call on {_who(free)} (`%%px --targets {format_ranks(free)}`) "
                      f"to release it; no restart is needed.")
@@ -243,4 +254,4 @@ def _mpi_advice(who: str, ranks: list[int], report: dict, reports: dict[int, dic
     client_out = client_rank in missing and not client_joins
     if client_rank in missing:
         parts.append(" If the missing ranks cannot join, restart the kernel.")
-    return text + "".join(parts), bool(free) or client_out
+    return text + "".join(parts), bool(free) or client_out or bool(gone)

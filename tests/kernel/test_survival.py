@@ -112,3 +112,46 @@ def test_restart_dead_brings_the_rank_back_empty_and_the_world_whole(kernel):
     assert status == "error" and "exited with code 6" in error_text(out)
     status, out = run(kc, "%%px\nprint('left', rank)")
     assert status == "ok" and "left 0" in text_of(out) and "left 2" in text_of(out)
+
+
+def test_a_death_in_a_collective_ends_the_cell_and_end_busy_replaces_the_waiters(kernel):
+    km, kc = kernel
+    started = time.monotonic()
+    status, out = run(kc, "%%px\nimport os\nif rank == 1: os._exit(2)\ncomm.Barrier()", timeout=30)
+    took, text = time.monotonic() - started, error_text(out)
+    assert status == "error" and took < 5, (took, text)
+    assert "[1:execute]: MPIRankDied on rank 1" in text and "exited with code 2" in text, text
+    assert "Ranks 0, 2 wait in the collective `comm.Barrier()`" in text and "Rank 1 died" in text, text
+    status, out = run(kc, "%mpi_restart_dead")
+    assert status == "error" and "--end-busy" in text_of(out, "stderr"), out
+    status, out = run(kc, "%mpi_restart_dead --end-busy", timeout=60)
+    assert status == "ok" and "Started ranks 0-2 anew" in text_of(out), error_text(out)
+    status, out = run(kc, "%%px\ncomm.Barrier()\nprint('through', rank)")
+    assert status == "ok" and text_of(out).count("through") == 3, error_text(out)
+
+
+def test_twenty_deaths_and_restarts_leave_no_processes_and_no_growing_descriptors(kernel):
+    km, kc = kernel
+    probe = ("import os, resource\nprint('fds', len(os.listdir('/proc/self/fd')), 'rss', "
+             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")  # the kernel rank's own process
+
+    def measure() -> tuple[int, int, int]:
+        status, out = run(kc, probe)
+        words = text_of(out).split()
+        return len(job_pids(km)[1]), int(words[1]), int(words[3])
+
+    run(kc, "%%px --targets 1\nimport os\nos._exit(1)")  # the first replacement's own costs
+    status, out = run(kc, "%mpi_restart_dead")
+    assert status == "ok" and "Started rank 1 anew" in text_of(out), error_text(out)
+    processes, fds, rss = measure()
+    for cycle in range(20):
+        status, out = run(kc, "%%px --targets 1\nimport os\nos._exit(1)")
+        assert status == "error" and "MPIRankDied" in error_text(out), (cycle, out)
+        status, out = run(kc, "%mpi_restart_dead", timeout=60)
+        assert status == "ok" and "Started rank 1 anew" in text_of(out), f"cycle {cycle}: {error_text(out)}"
+    status, out = run(kc, "%%px\nprint('sum', comm.allreduce(rank))")
+    assert status == "ok" and "[stdout:0-2] sum 3" in text_of(out), text_of(out)
+    after = measure()
+    assert after[0] == processes, f"job processes {processes} -> {after[0]}"
+    assert after[1] <= fds + 20, f"the kernel rank's descriptors grew from {fds} to {after[1]}"
+    assert after[2] <= rss + 50_000, f"the kernel rank's peak memory grew from {rss} to {after[2]} kB"

@@ -90,3 +90,16 @@ def test_explain_c_code_gil_and_point_to_point():
 
 
 # -- a real kernel --------------------------------------------------------------------------
+
+
+def test_a_collective_with_a_dead_member_says_it_never_returns_and_how_to_go_on():
+    servers = {"kind": "mpi", "call": "comm.Barrier()", "method": "Barrier", "collective": True,
+               "comm": "the servers' world", "members": [0, 1, 2]}
+    (line, blocked), = stuck.explain([0, 2], {0: servers, 2: servers}, idle=[], client_rank=3,
+                                     client_joins=False, dead=[1])
+    assert line.startswith("Ranks 0, 2 wait in the collective `comm.Barrier()` on the servers' world "
+                           "(3 ranks: 0-2); not in it: rank 1. Rank 1 died, and MPI does not tell the others")
+    assert "`%mpi_restart_dead --end-busy` ends ranks 0, 2 and starts ranks 0-2 anew" in line and blocked
+    assert "Run the matching call" not in line and "busy with other work" not in line
+    assert stuck.waits_for_dead(servers, [1]) and not stuck.waits_for_dead(servers, [3])
+    assert not stuck.waits_for_dead(None, [1]) and not stuck.waits_for_dead({"kind": "c"}, [1])
