@@ -315,15 +315,15 @@ class MPICommandClient(Configurable):
                     if status.timed_out and status.dead is None]
 
     # -- deaths ------------------------------------------------------------------------------
-    def server_died(self, rank: int, reason: str, pid: int | None = None) -> list[int]:
+    def server_died(self, rank: int, reason: str, process: tuple[str, int] | None = None) -> list[int]:
         """Record that server `rank`'s process ended (the supervisor's guards see it first):
         its requests fail with `reason`, it gets no more work, and the job goes on with the
-        survivors. Returns the ids of the requests that failed. With `pid`, a report about a
-        process already counted dead (one ended to be replaced, and maybe replaced by now)
-        is ignored."""
+        survivors. Returns the ids of the requests that failed. With `process` (host, pid), a
+        report about a process already counted dead (one ended to be replaced, and maybe
+        replaced by now) is ignored."""
         (rank,) = protocol.check_targets(rank, self._servers)
         with self._lock:
-            if pid is not None and pid in self._pump.ended_pids:
+            if process is not None and tuple(process) in self._pump.ended:
                 return []
             return self._pump.server_died(rank, reason)
 
@@ -360,7 +360,8 @@ class MPICommandClient(Configurable):
                                    f"after 5 s; try again in a moment")
             ids = self._pump.queue(protocol.REBUILD, "<restart dead servers>", protocol.REBUILD, None,
                                    [(r, dead) for r in live])
-            self._rebind(respawn.respawn(self._env, dead), dead)
+            hosts = [self._monitor.table[r].host for r in dead]
+            self._rebind(respawn.respawn(self._env, dead, hosts), dead)
             for server in dead:
                 self._pump.control(server, protocol.START, self._start_config())
         hello = self._pump.hello

@@ -52,7 +52,8 @@ class Pump:
         self.sends: dict[int | None, list] = {}
         self.abandoned: list = []
         self.hello: set[int] = set()
-        self.ended_pids: set[int] = set()  # of servers counted dead: a late report about one is old news
+        self.ended: set[tuple[str, int]] = set()  # (host, pid) of servers counted dead: a late
+                                                  # report about one is old news
         self.stopped: set[int] = set()
         self.stacks: dict[int, dict] = {}
         # Called as (server, request_id, stream_name, text) for live output.
@@ -171,7 +172,7 @@ class Pump:
         more work, and the survivors hear of it. Call with the lock held."""
         if self.monitor.table[server].dead is not None:
             return []
-        self.ended_pids.add(self.monitor.table[server].pid)
+        self.ended.add((self.monitor.table[server].host, self.monitor.table[server].pid))
         self.monitor.died(server, reason)
         environment.lost_ranks.add(server)
         ids = self.book.die(server, reason)

@@ -45,16 +45,23 @@ def wait_reported(comm: MPI.Comm, dead: list[int], timeout: float = 5.0) -> bool
         time.sleep(0.01)
 
 
-def respawn(env: MPIEnvironment, dead: list[int]) -> MPIEnvironment:
+def respawn(env: MPIEnvironment, dead: list[int], hosts: list[str] | None = None) -> MPIEnvironment:
     """On the client and every survivor (collective over them): start replacements for
-    `dead` and make the environment over the rebuilt world. Returns it."""
+    `dead`, on `hosts` (each dead rank's own; only the client, the spawn's root, gives
+    them), and make the environment over the rebuilt world. Returns it."""
     group = env.framework.Get_group()
     survivors = group.Excl(dead)
     group.Free()
     alive = env.framework.Create_group(survivors, TAG)
     survivors.Free()
     argv = command(dead)
-    inter = alive.Spawn(argv[0], argv[1:], maxprocs=len(dead), root=alive.Get_size() - 1)
+    infos = [MPI.Info.Create() for _ in dead]
+    for info, host in zip(infos, hosts or []):
+        info.Set("host", host)  # hydra would put them all on the first host
+    inter = alive.Spawn_multiple([argv[0]] * len(dead), [argv[1:]] * len(dead), [1] * len(dead), infos,
+                                 root=alive.Get_size() - 1)
+    for info in infos:
+        info.Free()
     merged = inter.Merge(high=False)
     return _install(merged.Split(0, env.rank), dead)
 

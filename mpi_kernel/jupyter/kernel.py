@@ -108,7 +108,8 @@ class SupervisorLink:
         rank = entry.get("rank")
         if rank not in client.servers():
             return
-        failed = client.server_died(rank, deaths.survived(entry, environment.current().rank), entry.get("pid"))
+        failed = client.server_died(rank, deaths.survived(entry, environment.current().rank),
+                                    (entry.get("host"), entry.get("pid")))
         log.info("server rank %s died; %d request(s) failed; the job goes on without it", rank, len(failed))
 
     def _watch(self) -> None:

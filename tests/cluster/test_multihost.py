@@ -176,6 +176,11 @@ def test_a_server_killed_on_hostB_is_reported_and_the_job_goes_on_or_restarts(ke
     hosts = text_of(out)
     assert status == "ok" and ("[stdout:2] hostB" in hosts) != survived, hosts
     assert (run(kc, "print(kept)")[0] == "ok") == survived  # the notebook's variable: kept or lost
+    if survived:  # a replacement, wherever hydra puts it, and a world of every server again
+        status, out = run(kc, "%mpi_restart_dead", timeout=90)
+        assert status == "ok" and "Started rank 2 anew" in text_of(out), error_text(out)
+        status, out = run(kc, "%%px --no-merge\nimport socket\nprint(socket.gethostname(), comm.allreduce(1))")
+        assert status == "ok" and "[stdout:2] hostB 3" in text_of(out), text_of(out)  # on its own host
 
 
 def test_restart_and_shutdown_leave_no_process_on_any_host(spec):
