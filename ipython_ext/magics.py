@@ -137,7 +137,10 @@ class MPIMagics(Magics):
         if not dead or targets is None:
             return targets
         if spec.strip().lower() == "all":
-            return [t for t in targets if t not in dead]
+            live = [t for t in targets if t not in dead]
+            if not live:
+                raise UsageError("every server is dead: %mpi_restart_dead starts them anew")
+            return live
         named = [t for t in targets if t in dead]
         if named:
             raise UsageError(str(DeadServerError(named[0], dead[named[0]])))

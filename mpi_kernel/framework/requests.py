@@ -119,6 +119,9 @@ class RequestBook:
                    and (r["server"] == server or i == running)]
         for request_id in pending:
             self.encoded.pop(request_id, None)
+            if FORGOTTEN in self.requests[request_id]:  # nobody waits for it: no response to keep
+                del self.requests[request_id]
+                continue
             self._settle(request_id, protocol.dead_response(self.requests[request_id], server, reason))
         self.queues[server].clear()
         self.inflight[server] = None

@@ -217,6 +217,9 @@ def test_a_dead_rank_is_left_out_of_all_refused_by_name_and_told_once(magics, ca
         assert magics._targets("all") == [0, 2] and magics._targets("0,2") == [0, 2]
         magics._tell_deaths()
         magics._tell_deaths()
+        magics.client.deaths = dict.fromkeys(SERVERS, "MPIRankDied: killed\n")
+        with pytest.raises(UsageError, match="every server is dead: %mpi_restart_dead starts them anew"):
+            magics._targets("all")
         err = capsys.readouterr().err
         assert err.count("MPIRankDied: server rank 1 killed") == 1 and "Only rank 1's" in err
     finally:

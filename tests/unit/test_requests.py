@@ -126,3 +126,7 @@ def test_a_dead_server_fails_what_it_ran_and_what_waited_for_it_but_not_work_for
     assert 3 not in book.responses and 4 not in book.responses and book.running(1) is None
     assert book.take_next(0, 0.0)[0] == 4 and book.queued([3]) == {3: None}
     assert not book.queues[1] and 2 not in book.encoded
+    queued(book, 5, 0)                             # behind 4, which server 0 runs
+    book.forget([5])                               # nobody waits for it: no record is left
+    book.die(0, "MPIRankDied: gone too\n")
+    assert 5 not in book.requests and 5 not in book.responses
