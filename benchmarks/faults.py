@@ -138,6 +138,19 @@ def job_processes(km: Any) -> list[int]:
     return found
 
 
+def own_processes(km: Any) -> int:
+    """The job's processes, less the launcher's helper of each replacement (%mpi_restart_dead:
+    hydra starts one proxy per spawn, and it lives as long as its replacement does)."""
+    pids = job_processes(km)
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-p", ",".join(map(str, pids))],
+                         capture_output=True, text=True).stdout if pids else ""
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    parents = {int(r[1]) for r in rows}
+    spawn_proxies = [r for r in rows if "hydra_pmi_proxy" in r[2] and "--pgid 0 " not in r[2]
+                     and int(r[0]) in parents]
+    return len(pids) - len(spawn_proxies)
+
+
 def running(pids: list[int]) -> list[int]:
     """The processes among `pids` that still run (zombies do not)."""
     left = []
@@ -178,7 +191,7 @@ def run_case(km: Any, kc: Any, case: Case, steady: int) -> dict:
     recovered = case_s + time.monotonic() - t1
     kept = kept or state_kept(kc, result["saw"])
     time.sleep(0.5)  # launchers tear a dead job down in 0.1-0.4 s
-    left = len(job_processes(km)) - steady
+    left = own_processes(km) - steady
     return {"case": case.name, "status": result["status"], "saw": result["saw"],
             "usable_after_s": round(recovered, 2) if ok else None, "state_kept": kept,
             "restart_s": round(recover_s, 2) if recover_s is not None else None,
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         usable(kc)
-        steady = len(job_processes(km))
+        steady = own_processes(km)
         for case in cases:
             rows.append(run_case(km, kc, case, steady))
             print(json.dumps(rows[-1]), flush=True)
