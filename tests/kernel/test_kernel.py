@@ -196,7 +196,9 @@ def test_progress_line_for_slow_cells_is_replaced_by_the_results(kc):
 def test_ipython_syntax_in_px_cells(kc):
     status, out = run(kc, "%%px --targets 0-1\n!echo shell-says-hi\n%time x = rank\nx")
     text = text_of(out)
-    assert status == "ok" and "[stdout:0-1] shell-says-hi" in text and text.count("Wall time") == 2, text
+    # Each rank's %time line, or one merged line when both took the same time (CI saw "25 us" twice).
+    walls = re.findall(r"^\[stdout:(0|1|0-1)\] Wall time", text, re.M)
+    assert status == "ok" and "[stdout:0-1] shell-says-hi" in text and walls in (["0", "1"], ["0-1"]), text
     assert "Out[0:" in text and "Out[1:" in text
     status, out = run(kc, "%px --no-merge %time 1+1")
     assert status == "ok" and text_of(out).count("Wall time") == 3
