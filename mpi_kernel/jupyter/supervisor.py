@@ -63,6 +63,7 @@ class Job:
     hello: dict | None = None
     ended: list = dataclasses.field(default_factory=list)  # the guards' records, in order
     survived: list = dataclasses.field(default_factory=list)  # those the job went on without
+    aborting: bool = False  # a rank called MPI_Abort: the whole job ends, whatever the launcher
     partial: dict = dataclasses.field(default_factory=dict)  # fd -> bytes of an unfinished line
 
 
@@ -300,7 +301,9 @@ class Supervisor:
     def _tell_kernel(self, job: Job, entry: dict) -> None:
         """A server died in a job that survives it: the kernel rank fails its requests and
         goes on with the others (the guards see a death long before MPI would, if ever)."""
-        if not self.survive or job.link is None or job.hello is None or entry.get("rank") == job.hello["rank"]:
+        job.aborting = job.aborting or "abort" in entry  # (then every other rank's end follows)
+        if not self.survive or job.aborting or job.link is None or job.hello is None \
+                or entry.get("rank") == job.hello["rank"]:
             return
         log.warning("server rank %s on %s died; the job goes on without it", entry.get("rank"), entry.get("host"))
         try:

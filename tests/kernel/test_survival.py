@@ -155,3 +155,12 @@ def test_twenty_deaths_and_restarts_leave_no_processes_and_no_growing_descriptor
     assert after[0] == processes, f"job processes {processes} -> {after[0]}"
     assert after[1] <= fds + 20, f"the kernel rank's descriptors grew from {fds} to {after[1]}"
     assert after[2] <= rss + 50_000, f"the kernel rank's peak memory grew from {rss} to {after[2]} kB"
+
+
+def test_an_abort_on_a_server_still_ends_the_whole_job(kernel):
+    """MPI_Abort ends every rank whatever the launcher keeps: the death is the job's, not one rank's."""
+    km, kc = kernel
+    status, out = run(kc, "%%px --targets 2\ncomm.Abort(7)", timeout=60)
+    text = error_text(out)
+    assert status == "error" and "MPIJobDied" in text and "called MPI_Abort with errorcode 7" in text, text
+    assert "MPIRankDied" not in text
