@@ -38,9 +38,15 @@ def install_kernelspec(prefix: str | Path, ranks: int = 4, name: str = KERNEL_NA
     return path
 
 
+def survival() -> str | None:
+    """How a kernelspec installed here keeps the job when a server dies: "hydra" (MPICH's
+    mpiexec -disable-auto-cleanup), "ulfm" (Open MPI's --with-ft ulfm), or None."""
+    flags = kernelspec.launcher_flags(kernelspec.default_mpiexec())
+    return "hydra" if "-disable-auto-cleanup" in flags else "ulfm" if "--with-ft" in flags else None
+
+
 def survives_deaths() -> bool:
-    """Whether a kernelspec installed here keeps the job when a server dies (MPICH's hydra)."""
-    return "-disable-auto-cleanup" in kernelspec.launcher_flags(kernelspec.default_mpiexec())
+    return survival() is not None
 
 
 def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2) -> tuple[KernelManager, Any]:

@@ -124,7 +124,11 @@ class Receiver:
         if not self._joining.acquire(blocking=False):
             return False
         try:
-            msg = self._framework.improbe(self._client, Tag.BCAST, self._status)
+            try:
+                msg = self._framework.improbe(self._client, Tag.BCAST, self._status)
+            except MPI.Exception as exc:  # a rank died (Open MPI's ULFM)
+                transport.acknowledge(self._framework, exc)
+                return False
             if msg is None:
                 return False
             bid, group, sizes = msg.recv()

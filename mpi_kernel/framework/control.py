@@ -62,13 +62,17 @@ class ControlThread:
         while not self.stopping.is_set():
             self.flush()
             env = server.env  # read each time: the world may have been rebuilt (respawn.py)
-            got, message = transport.try_receive(env.framework, env.client_rank, Tag.CONTROL, status)
-            if not got:
-                # A broadcast announced while the main thread runs user code is joined here.
-                if server.poll_broadcasts():
-                    backoff.reset()
-                else:
-                    backoff.wait()
+            try:
+                got, message = transport.try_receive(env.framework, env.client_rank, Tag.CONTROL, status)
+                if not got:
+                    # A broadcast announced while the main thread runs user code is joined here.
+                    if server.poll_broadcasts():
+                        backoff.reset()
+                    else:
+                        backoff.wait()
+                    continue
+            except transport.MPI.Exception as exc:  # a rank died (Open MPI's ULFM)
+                transport.acknowledge(env.framework, exc)
                 continue
             backoff.reset()
             kind, arg = message

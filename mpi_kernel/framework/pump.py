@@ -72,8 +72,12 @@ class Pump:
 
     # -- sending ---------------------------------------------------------------------------
     def control(self, server: int, kind: str, arg: Any) -> None:
-        """A message for the server's control thread (the mirror of MPICommandServer.send_event)."""
-        transport.send(self.comm, (kind, arg), server, Tag.CONTROL)
+        """A message for the server's control thread (the mirror of MPICommandServer.send_event).
+        To a server that died (Open MPI's ULFM says so) it is dropped: its death is reported."""
+        try:
+            transport.send(self.comm, (kind, arg), server, Tag.CONTROL)
+        except transport.MPI.Exception as exc:
+            transport.acknowledge(self.comm, exc)
 
     def queue(self, kind: str, command: str, mode: str, parameters: Any,
               items: list[tuple[int | None, Any]]) -> list[int]:
@@ -122,7 +126,11 @@ class Pump:
             item = take(server, now)
             if item is None:
                 continue
-            sends = transport.send_encoded(comm, item[1], server, Tag.REQUEST, wait=False)
+            try:
+                sends = transport.send_encoded(comm, item[1], server, Tag.REQUEST, wait=False)
+            except transport.MPI.Exception as exc:  # it died (ULFM): its death report fails it
+                transport.acknowledge(comm, exc)
+                continue
             if sends:
                 self.sends.setdefault(server, []).extend(sends)
 
@@ -136,7 +144,7 @@ class Pump:
         answered: list[int] = []  # servers that may take their next request now
         status, comm, answer = self._status, self.comm, self.book.answer
         # Callers on the main thread hold a DeferredSigint, so a matched message is never lost.
-        while (msg := comm.improbe(ANY_SOURCE, ANY_TAG, status)):
+        while (msg := self._probe(comm, status)):
             got_any = True
             source, tag = status.Get_source(), status.Get_tag()
             try:
@@ -166,6 +174,16 @@ class Pump:
             self._next_tick = now + 0.01
             self._run_monitor(now)
         return got_any
+
+    @staticmethod
+    def _probe(comm: Any, status: Any) -> Any:
+        """The next message from anyone, or None; after a death under Open MPI's ULFM the probe
+        fails until the death is acknowledged, which is done here."""
+        try:
+            return comm.improbe(ANY_SOURCE, ANY_TAG, status)
+        except transport.MPI.Exception as exc:
+            transport.acknowledge(comm, exc)
+            return comm.improbe(ANY_SOURCE, ANY_TAG, status)
 
     def server_died(self, server: int, reason: str) -> list[int]:
         """`server`'s process ended: its requests fail with `reason` (the ids), it gets no
@@ -302,7 +320,10 @@ class Pump:
                 while left:
                     if deadline is None or time.monotonic() <= deadline:
                         sigint.check()  # Ctrl-C surfaces here, with the state consistent
-                        backoff.wait(self.comm.Iprobe)  # returns as soon as a message waits
+                        try:
+                            backoff.wait(self.comm.Iprobe)  # returns as soon as a message waits
+                        except transport.MPI.Exception as exc:  # a death (ULFM): pump acknowledges
+                            transport.acknowledge(self.comm, exc)
                     with self.lock:
                         if self.pump():
                             backoff.reset()

@@ -49,11 +49,7 @@ def respawn(env: MPIEnvironment, dead: list[int], hosts: list[str] | None = None
     """On the client and every survivor (collective over them): start replacements for
     `dead`, on `hosts` (each dead rank's own; only the client, the spawn's root, gives
     them), and make the environment over the rebuilt world. Returns it."""
-    group = env.framework.Get_group()
-    survivors = group.Excl(dead)
-    group.Free()
-    alive = env.framework.Create_group(survivors, TAG)
-    survivors.Free()
+    alive = _survivors(env.framework, dead)
     argv = command(dead)
     infos = [MPI.Info.Create() for _ in dead]
     for info, host in zip(infos, hosts or []):
@@ -64,6 +60,23 @@ def respawn(env: MPIEnvironment, dead: list[int], hosts: list[str] | None = None
         info.Free()
     merged = inter.Merge(high=False)
     return _install(merged.Split(0, env.rank), dead)
+
+
+def _survivors(comm: MPI.Intracomm, dead: list[int]) -> MPI.Intracomm:
+    """A communicator of `comm` without `dead`, the client still last (collective over the
+    others). Open MPI (ULFM) refuses MPI_Comm_create_group on a communicator with a failed
+    process once it knows of it, which each process learns at its own moment: so every
+    process uses ULFM's MPI_Comm_shrink there. MPICH's Shrink is a stub (mpi4py wires ULFM
+    for Open MPI only), but its Create_group asks only the members."""
+    if "Open MPI" in environment.library_name():
+        return comm.Shrink()
+    group = comm.Get_group()
+    survivors = group.Excl(dead)
+    group.Free()
+    try:
+        return comm.Create_group(survivors, TAG)
+    finally:
+        survivors.Free()
 
 
 def join(dead: list[int]) -> MPIEnvironment:

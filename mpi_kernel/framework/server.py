@@ -209,12 +209,16 @@ class MPICommandServer:
         probe = functools.partial(comm.Iprobe, client, Tag.REQUEST)
         try:
             while not stopping.is_set():
-                msg = comm.improbe(client, Tag.REQUEST, status)
-                if msg is None:
-                    if self.broadcasts.poll():  # idle: this thread joins a broadcast at once
-                        backoff.reset()
-                    else:
-                        backoff.wait(probe)
+                try:
+                    msg = comm.improbe(client, Tag.REQUEST, status)
+                    if msg is None:
+                        if self.broadcasts.poll():  # idle: this thread joins a broadcast at once
+                            backoff.reset()
+                        else:
+                            backoff.wait(probe)
+                        continue
+                except transport.MPI.Exception as exc:  # a rank died (Open MPI's ULFM)
+                    transport.acknowledge(comm, exc)
                     continue
                 try:
                     request = transport.receive(comm, msg, status)

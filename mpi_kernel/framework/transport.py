@@ -255,6 +255,22 @@ def try_receive(comm: MPI.Comm, source: int, tag: int, status: MPI.Status) -> tu
     return True, receive(comm, msg, status)
 
 
+# Error classes of a communicator that lost a process, under Open MPI's ULFM (MPICH raises
+# none: its calls to a dead rank just wait).
+FAILURES = frozenset({MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED})
+
+
+def acknowledge(comm: MPI.Comm, exc: MPI.Exception) -> None:
+    """A call on `comm` failed: if because a process died, acknowledge it (so that probes from
+    any source work again) and return, for the caller to go on without it; else raise."""
+    if exc.Get_error_class() not in FAILURES:
+        raise exc
+    try:
+        comm.Ack_failed()
+    except (NotImplementedError, MPI.Exception):
+        pass
+
+
 class DeferredSigint:
     """Hold back KeyboardInterrupt in the main thread while framework state changes.
 

@@ -97,8 +97,12 @@ def _wait_and_report(pid: int) -> None:
     entry = record(status, launcher_rank(), pid)
     if entry is not None:
         os.write(2, (MARK + json.dumps(entry) + "\n").encode())
-    if os.WIFSIGNALED(status) and survive:
+    if os.WIFSIGNALED(status) and survive and os.environ.get(SURVIVE) != "ulfm":
         os._exit(128 + os.WTERMSIG(status))
+    if not os.WIFSIGNALED(status) and status and os.environ.get(SURVIVE) == "ulfm":
+        # Open MPI's launcher aborts the whole job when a rank exits non-zero, but under ULFM
+        # it survives a rank killed by a signal.
+        os.kill(os.getpid(), signal.SIGKILL)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway

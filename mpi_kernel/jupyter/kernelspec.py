@@ -46,7 +46,7 @@ def launcher_flags(mpiexec: str, survive: bool = True) -> tuple[str, ...]:
         return ()
     text = out.stdout + out.stderr
     if "Open MPI" in text:
-        return ("-x", link.ENV)
+        return ("-x", link.ENV, "-x", "MPI_KERNEL_SURVIVE", "--with-ft", "ulfm") if survive else ("-x", link.ENV)
     return ("-disable-auto-cleanup",) if survive and "HYDRA" in text else ()
 
 

@@ -106,7 +106,7 @@ class Supervisor:
         env = job_environment(self.launcher, os.environ)
         env[link.ENV] = self.link_info().to_env()
         if self.survive:
-            env[guard.SURVIVE] = "1"
+            env[guard.SURVIVE] = self.survive
         log.info("starting the MPI job: %s", " ".join(argv))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
@@ -301,7 +301,11 @@ class Supervisor:
     def _tell_kernel(self, job: Job, entry: dict) -> None:
         """A server died in a job that survives it: the kernel rank fails its requests and
         goes on with the others (the guards see a death long before MPI would, if ever)."""
-        job.aborting = job.aborting or "abort" in entry  # (then every other rank's end follows)
+        if "abort" in entry and not job.aborting:  # MPI_Abort means the whole job, always
+            job.aborting = True  # (every other rank's end follows: none of them is told)
+            if self.survive:  # a launcher that keeps the others (Open MPI's ULFM does) is overruled
+                self.terminate_job(f"rank {entry.get('rank')} called MPI_Abort")
+            return
         if not self.survive or job.aborting or job.link is None or job.hello is None \
                 or entry.get("rank") == job.hello["rank"]:
             return
@@ -367,9 +371,15 @@ def single_host(launcher: list[str], environ: dict) -> bool:
     return not options & HOST_OPTIONS and not any(v in environ for v in HOST_VARIABLES)
 
 
-def survives_deaths(launcher: list[str]) -> bool:
-    """Whether the launcher line keeps the other ranks when one dies."""
-    return any(arg in SURVIVE_OPTIONS for arg in launcher)
+def survives_deaths(launcher: list[str]) -> str | None:
+    """How the launcher line keeps the other ranks when one dies: "hydra" (MPICH's
+    -disable-auto-cleanup), "ulfm" (Open MPI's --with-ft ulfm), or None."""
+    if any(arg in SURVIVE_OPTIONS for arg in launcher):
+        return "hydra"
+    pairs = zip(launcher, launcher[1:])
+    if any(a == "--with-ft" and b == "ulfm" for a, b in pairs) or "--with-ft=ulfm" in launcher:
+        return "ulfm"
+    return None
 
 
 def job_environment(launcher: list[str], environ: dict) -> dict:

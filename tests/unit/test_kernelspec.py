@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def install(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mpi_kernel", "install", *args], capture_output=True,
@@ -51,3 +53,18 @@ def test_open_mpi_launchers_are_told_to_pass_the_supervisor_variable_on(tmp_path
     argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
     launcher = argv[argv.index("--") + 1:]
     assert launcher[:3] == [str(fake), "-x", "MPI_KERNEL_SUPERVISOR"]
+    assert launcher[3:7] == ["-x", "MPI_KERNEL_SURVIVE", "--with-ft", "ulfm"]  # the job survives deaths
+
+
+@pytest.mark.parametrize("version, survives", [("HYDRA build details:", ["-disable-auto-cleanup"]),
+                                               ("mpiexec (Open MPI) 5.0.11", ["--with-ft", "ulfm"])])
+def test_no_survive_leaves_out_what_keeps_the_job_after_a_death(tmp_path, version, survives):
+    fake = tmp_path / "mpiexec"
+    fake.write_text(f"#!/bin/sh\necho '{version}'\n")
+    fake.chmod(0o755)
+    for extra, kept in (([], True), (["--no-survive"], False)):
+        proc = install("--prefix", str(tmp_path), "--mpiexec", str(fake), *extra)
+        assert proc.returncode == 0, proc.stderr
+        argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
+        launcher = " ".join(argv[argv.index("--") + 1:])
+        assert (" ".join(survives) in launcher) == kept, launcher

@@ -141,8 +141,10 @@ def test_a_rank_that_said_it_aborts_is_the_cause():
 
 def test_a_job_survives_deaths_only_when_its_launcher_keeps_the_others():
     from mpi_kernel.jupyter.supervisor import survives_deaths
-    assert survives_deaths(["mpiexec", "-disable-auto-cleanup", "-n", "4", "python"])
-    assert not survives_deaths(["mpiexec", "-n", "4", "python"])
+    assert survives_deaths(["mpiexec", "-disable-auto-cleanup", "-n", "4", "python"]) == "hydra"
+    assert survives_deaths(["mpiexec", "-x", "V", "--with-ft", "ulfm", "-n", "4", "python"]) == "ulfm"
+    assert survives_deaths(["mpiexec", "--with-ft=ulfm", "-n", "4"]) == "ulfm"
+    assert survives_deaths(["mpiexec", "-n", "4", "python"]) is None
     text = deaths.survived({"rank": 2, "host": "hostB", "pid": 7, "signal": 9}, client_rank=3)
     assert text.splitlines()[-1].startswith("MPIRankDied: server rank 2 on hostB (pid 7) killed by signal 9")
     assert "Only rank 2's variables are lost" in text
@@ -159,3 +161,15 @@ def test_a_surviving_guard_exits_instead_of_dying_by_the_signal(tmp_path):
                           env={**os.environ, "PMI_RANK": "2", guard.SURVIVE: "1"}, start_new_session=True)
     assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
     assert proc.stderr.startswith(guard.MARK) and '"signal": 9' in proc.stderr
+
+
+def test_an_open_mpi_guard_turns_a_non_zero_exit_into_sigkill(tmp_path):
+    """Under ULFM Open MPI's launcher aborts the job when a rank exits non-zero but keeps it
+    when a rank dies by a signal: the guard reports the exit, then dies by SIGKILL."""
+    import subprocess
+    import sys
+    code = "from mpi_kernel.jupyter import guard\nimport os\nguard.guard()\nos._exit(3)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "OMPI_COMM_WORLD_RANK": "2", guard.SURVIVE: "ulfm"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert proc.stderr.startswith(guard.MARK) and '"code": 3' in proc.stderr
