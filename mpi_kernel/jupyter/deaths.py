@@ -64,7 +64,7 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
     # Reports come in no reliable order (across hosts a bystander's can come first), so the
     # cause is the likeliest: a rank that said it aborts, one killed by a signal, one that exited with an error
     # (ranks whose MPI lost a peer exit so), then one the launcher terminated (SIGTERM).
-    ended = sorted(ended, key=_likeliest_cause)
+    ended = sorted(ended, key=likeliest_cause)
     first, rest = ended[0], ended[1:]
     text = f"{who(first, client_rank)} {how(first)}"
     if rest:  # what the launcher or MPI did to the others once the first had gone
@@ -72,7 +72,7 @@ def summary(ended: list[dict], launcher_code: int | None, client_rank: int | Non
     return text
 
 
-def _likeliest_cause(entry: dict) -> int:
+def likeliest_cause(entry: dict) -> int:
     if "abort" in entry:  # a rank that called Abort is the cause of every other end
         return -1
     if "signal" in entry:
@@ -101,12 +101,18 @@ def survived(entry: dict, client_rank: int | None) -> str:
             f"rank {rank}, with empty variables.\n{DIED_NAME}: {who(entry, client_rank)} {how(entry)}\n")
 
 
+NO_SURVIVAL = ("This job's launcher does not keep the other ranks when a server dies: MPICH's "
+               "mpiexec does with -disable-auto-cleanup, Open MPI's with --with-ft ulfm "
+               "(python -m mpi_kernel install writes them, unless --no-survive).")
+
+
 def report(ended: list[dict], launcher_code: int | None, client_rank: int | None,
-           tail: list[str], restarting: bool) -> tuple[str, list[str]]:
-    """(evalue, traceback lines) for the cell's error and the kernel log."""
+           tail: list[str], restarting: bool, survivable: bool = False) -> tuple[str, list[str]]:
+    """(evalue, traceback lines) for the cell's error and the kernel log. `survivable`: the
+    job ended over a server's death that a surviving launcher would have outlived."""
     cause = summary(ended, launcher_code, client_rank)
     lines = [f"{ERROR_NAME}: the MPI job died: {cause}.",
-             "Every rank's variables are lost."]
+             "Every rank's variables are lost." + (f" {NO_SURVIVAL}" if survivable else "")]
     tail = [t for t in tail if not NOISE.match(t)]
     if tail:
         lines += ["", "The job's last output (outside cells):", *(f"    {t}" for t in tail)]

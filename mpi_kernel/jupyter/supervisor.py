@@ -248,7 +248,9 @@ class Supervisor:
         restarting = self.relaunch
         client_rank = job.hello.get("rank")
         ended = [e for e in job.ended if e not in job.survived] or job.ended
-        cause, lines = deaths.report(ended, code, client_rank, list(self.tail), restarting)
+        first = min(ended, key=deaths.likeliest_cause) if ended else {}
+        survivable = not self.survive and first.get("rank") not in (None, client_rank) and "abort" not in first
+        cause, lines = deaths.report(ended, code, client_rank, list(self.tail), restarting, survivable)
         log.error("%s", "\n".join(lines))
         cells = self.relay.fail_executing(deaths.ERROR_NAME, cause, lines)
         log.info("the death was reported in %d running cell(s)", cells)
