@@ -38,15 +38,16 @@ def install_kernelspec(prefix: str | Path, ranks: int = 4, name: str = KERNEL_NA
     return path
 
 
-def survival() -> str | None:
-    """How a kernelspec installed here keeps the job when a server dies: "hydra" (MPICH's
-    mpiexec -disable-auto-cleanup), "ulfm" (Open MPI's --with-ft ulfm), or None."""
-    flags = kernelspec.launcher_flags(kernelspec.default_mpiexec())
+def survival(survive: bool | None = None) -> str | None:
+    """How a kernelspec installed here (with `survive`, as install's option) keeps the job when
+    a server dies: "hydra" (MPICH's -disable-auto-cleanup), "ulfm" (Open MPI's --with-ft ulfm),
+    or None."""
+    flags = kernelspec.launcher_flags(kernelspec.default_mpiexec(), survive)
     return "hydra" if "-disable-auto-cleanup" in flags else "ulfm" if "--with-ft" in flags else None
 
 
-def survives_deaths() -> bool:
-    return survival() is not None
+def survives_deaths(survive: bool | None = None) -> bool:
+    return survival(survive) is not None
 
 
 def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2) -> tuple[KernelManager, Any]:

@@ -102,8 +102,8 @@ def survived(entry: dict, client_rank: int | None) -> str:
 
 
 NO_SURVIVAL = ("This job's launcher does not keep the other ranks when a server dies: MPICH's "
-               "mpiexec does with -disable-auto-cleanup, Open MPI's with --with-ft ulfm "
-               "(python -m mpi_kernel install writes them, unless --no-survive).")
+               "mpiexec does with -disable-auto-cleanup (python -m mpi_kernel install writes it, "
+               "unless --no-survive), Open MPI's with --with-ft ulfm (install --survive).")
 
 
 def report(ended: list[dict], launcher_code: int | None, client_rank: int | None,

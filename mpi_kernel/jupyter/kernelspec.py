@@ -35,11 +35,13 @@ def default_mpiexec() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def launcher_flags(mpiexec: str, survive: bool = True) -> tuple[str, ...]:
+def launcher_flags(mpiexec: str, survive: bool | None = None) -> tuple[str, ...]:
     """Flags the launcher needs: Open MPI's mpiexec passes only the variables named with -x
-    to other hosts (hydra and srun pass them all), so the kernel rank finds the supervisor;
-    with `survive`, MPICH's hydra keeps the other ranks when one dies (-disable-auto-cleanup),
-    and the job goes on without it."""
+    to other hosts (hydra and srun pass them all), so the kernel rank finds the supervisor.
+    With `survive` the launcher keeps the other ranks when one dies, and the job goes on
+    without it: MPICH's hydra with -disable-auto-cleanup (the default: None), Open MPI's with
+    --with-ft ulfm (only when asked, True: under ULFM, MPI_Abort no longer ends every rank,
+    so a rank stuck in C outlives the job's end; tests/kernel/test_kernel_lifecycle.py)."""
     try:
         out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
@@ -47,11 +49,11 @@ def launcher_flags(mpiexec: str, survive: bool = True) -> tuple[str, ...]:
     text = out.stdout + out.stderr
     if "Open MPI" in text:
         return ("-x", link.ENV, "-x", "MPI_KERNEL_SURVIVE", "--with-ft", "ulfm") if survive else ("-x", link.ENV)
-    return ("-disable-auto-cleanup",) if survive and "HYDRA" in text else ()
+    return ("-disable-auto-cleanup",) if survive is not False and "HYDRA" in text else ()
 
 
 def make_argv(ranks: int, mpiexec: str, mpiexec_args: list[str], python: str,
-              supervisor_args: list[str] | None = None, survive: bool = True) -> list[str]:
+              supervisor_args: list[str] | None = None, survive: bool | None = None) -> list[str]:
     """The supervisor on the Jupyter host, then the launcher line it runs."""
     return [python, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}", *(supervisor_args or []),
             "--", mpiexec, *launcher_flags(mpiexec, survive), *mpiexec_args, "-n", str(ranks), python, "-m",
@@ -74,7 +76,7 @@ def make_kernel_dict(ranks: int = DEFAULT_RANKS, mpiexec: str | None = None,
                      mpiexec_args: list[str] | None = None, display_name: str | None = None,
                      env: dict[str, str] | None = None, python: str | None = None,
                      prelude: str | None = None, stop_timeout: float | None = None,
-                     link_address: str | None = None, survive: bool = True) -> dict:
+                     link_address: str | None = None, survive: bool | None = None) -> dict:
     """kernel.json's content, from the template in kernelspec/."""
     template = json.loads(resources.files("mpi_kernel.spec_template").joinpath("kernel.json").read_text())
     template["argv"] = make_argv(ranks, mpiexec or default_mpiexec(), mpiexec_args or [],
@@ -146,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 1)")
     parser.add_argument("--link-address", help="address of the Jupyter host that the kernel rank "
                                                "connects back to (default: the host's name)")
-    parser.add_argument("--no-survive", dest="survive", action="store_false",
-                        help="when a server dies, end and restart the whole job, as with other "
-                             "launchers (default with MPICH's mpiexec: the job goes on without it)")
+    survive = parser.add_mutually_exclusive_group()
+    survive.add_argument("--survive", dest="survive", action="store_true", default=None,
+                         help="when a server dies, the job goes on without it: the default with "
+                              "MPICH's mpiexec; with Open MPI's it adds --with-ft ulfm (experimental)")
+    survive.add_argument("--no-survive", dest="survive", action="store_false",
+                         help="when a server dies, end and restart the whole job, as with other launchers")
     args = parser.parse_args(argv)
     mpiexec = args.mpiexec or default_mpiexec()
     if os.sep in mpiexec and not os.access(mpiexec, os.X_OK):

@@ -23,9 +23,9 @@ KILLS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def kernelspec_installed(tmp_path_factory):
-    if not survives_deaths():
+    if not survives_deaths(True):
         pytest.skip("this launcher does not keep the other ranks when one dies (srun: not built yet)")
-    return install_kernelspec(tmp_path_factory.mktemp("prefix"), ranks=4, name=NAME)
+    return install_kernelspec(tmp_path_factory.mktemp("prefix"), ranks=4, name=NAME, survive=True)
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_a_death_in_a_collective_ends_the_cell_and_the_world_comes_back_whole(ke
     took, text = time.monotonic() - started, error_text(out)
     assert status == "error" and took < 5, (took, text)
     assert "[1:execute]: MPIRankDied on rank 1" in text and "exited with code 2" in text, text
-    if survival() == "ulfm":
+    if survival(True) == "ulfm":
         assert "[0,2:execute]: Exception on ranks 0, 2" in text and "MPI_ERR_PROC_FAILED" in text, text
         restart, started_anew = "%mpi_restart_dead", "Started rank 1 anew"
     else:

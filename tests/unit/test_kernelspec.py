@@ -53,16 +53,17 @@ def test_open_mpi_launchers_are_told_to_pass_the_supervisor_variable_on(tmp_path
     argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
     launcher = argv[argv.index("--") + 1:]
     assert launcher[:3] == [str(fake), "-x", "MPI_KERNEL_SUPERVISOR"]
-    assert launcher[3:7] == ["-x", "MPI_KERNEL_SURVIVE", "--with-ft", "ulfm"]  # the job survives deaths
 
 
-@pytest.mark.parametrize("version, survives", [("HYDRA build details:", ["-disable-auto-cleanup"]),
-                                               ("mpiexec (Open MPI) 5.0.11", ["--with-ft", "ulfm"])])
-def test_no_survive_leaves_out_what_keeps_the_job_after_a_death(tmp_path, version, survives):
+@pytest.mark.parametrize("version, survives, default", [
+    ("HYDRA build details:", ["-disable-auto-cleanup"], True),
+    ("mpiexec (Open MPI) 5.0.11", ["-x", "MPI_KERNEL_SURVIVE", "--with-ft", "ulfm"], False),  # asked for only
+])
+def test_survive_options_write_what_keeps_the_job_after_a_death(tmp_path, version, survives, default):
     fake = tmp_path / "mpiexec"
     fake.write_text(f"#!/bin/sh\necho '{version}'\n")
     fake.chmod(0o755)
-    for extra, kept in (([], True), (["--no-survive"], False)):
+    for extra, kept in (([], default), (["--survive"], True), (["--no-survive"], False)):
         proc = install("--prefix", str(tmp_path), "--mpiexec", str(fake), *extra)
         assert proc.returncode == 0, proc.stderr
         argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
