@@ -1,14 +1,16 @@
 """A full world again after servers died: replacements started with MPI_Comm_spawn.
 
-The client and the surviving servers make a communicator of their own (MPI_Comm_create_group
-is collective over its members only, so the dead ranks are not asked), spawn one process per
-dead rank from it, merge with them and reorder so that each replacement takes the number of
-the rank it replaces. Every framework communicator is then made again over that world
+The client and the surviving servers make a communicator of their own (MPICH:
+MPI_Comm_create_group, collective over its members only, so the dead ranks are not asked;
+Open MPI: ULFM's MPI_Comm_shrink), spawn one process per dead rank from it, on that rank's
+host, merge with them and reorder so that each replacement takes the number of the rank it
+replaces. Every framework communicator is then made again over that world
 (environment.build), and user code's `MPI.COMM_WORLD` in plain %%px cells has N-1 ranks again.
 
-Measured with the MPICH wheel on 2 cores (../shared/reference/fault-tolerance/): a spawn takes
-0.17-0.27 s. The dead ranks stay in the old communicators, which are dropped, not freed
-(freeing one would wait for them), and MPI_Finalize stays skipped (environment.lost_ranks).
+Measured on 2 cores: a restart of one rank takes 0.2-0.4 s with the MPICH wheel and about
+1.2 s with Open MPI's. The dead ranks stay in the old communicators, which are dropped, not
+freed (freeing one would wait for them), and under MPICH MPI_Finalize stays skipped
+(environment.lost_ranks).
 """
 from __future__ import annotations
 
