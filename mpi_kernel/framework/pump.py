@@ -144,7 +144,14 @@ class Pump:
         answered: list[int] = []  # servers that may take their next request now
         status, comm, answer = self._status, self.comm, self.book.answer
         # Callers on the main thread hold a DeferredSigint, so a matched message is never lost.
-        while (msg := self._probe(comm, status)):
+        while True:
+            try:
+                msg = comm.improbe(ANY_SOURCE, ANY_TAG, status)
+            except transport.MPI.Exception as exc:  # a death, under Open MPI's ULFM: probes fail
+                transport.acknowledge(comm, exc)    # until it is acknowledged
+                continue
+            if msg is None:
+                break
             got_any = True
             source, tag = status.Get_source(), status.Get_tag()
             try:
@@ -174,16 +181,6 @@ class Pump:
             self._next_tick = now + 0.01
             self._run_monitor(now)
         return got_any
-
-    @staticmethod
-    def _probe(comm: Any, status: Any) -> Any:
-        """The next message from anyone, or None; after a death under Open MPI's ULFM the probe
-        fails until the death is acknowledged, which is done here."""
-        try:
-            return comm.improbe(ANY_SOURCE, ANY_TAG, status)
-        except transport.MPI.Exception as exc:
-            transport.acknowledge(comm, exc)
-            return comm.improbe(ANY_SOURCE, ANY_TAG, status)
 
     def server_died(self, server: int, reason: str) -> list[int]:
         """`server`'s process ended: its requests fail with `reason` (the ids), it gets no
