@@ -12,7 +12,8 @@ rank did (same signal or exit code), so the launcher sees what it would have see
 the job is to survive a rank's death (SURVIVE set: MPICH's `mpiexec -disable-auto-cleanup`),
 it exits with 128 + the signal instead, because hydra's proxy kills all its local ranks when
 one of its children dies by a signal, and it ignores the SIGUSR1 hydra then sends each rank's
-process group as the failure notice.
+process group as the failure notice. Under Open MPI's `--with-ft ulfm` (SURVIVE "ulfm") it is
+the other way round: a non-zero exit becomes SIGKILL, which that launcher survives.
 Signals the launcher sends the guard go on to the rank, and the rank never outlives its
 guard (PR_SET_PDEATHSIG). Only Linux has that; elsewhere ranks run unguarded.
 """
@@ -82,7 +83,7 @@ def guard() -> None:
 def _wait_and_report(pid: int) -> None:
     # The guard keeps its copies of the launcher's descriptors (the PMI socket): a launcher
     # that sees the PMI socket close ends the job at once, before this report is written.
-    survive = bool(os.environ.get(SURVIVE))
+    survive = os.environ.get(SURVIVE)  # "hydra", "ulfm" (the supervisor's survives_deaths) or None
     for sig in FORWARDED:
         if survive and sig == signal.SIGUSR1:
             signal.signal(sig, signal.SIG_IGN)
@@ -97,9 +98,9 @@ def _wait_and_report(pid: int) -> None:
     entry = record(status, launcher_rank(), pid)
     if entry is not None:
         os.write(2, (MARK + json.dumps(entry) + "\n").encode())
-    if os.WIFSIGNALED(status) and survive and os.environ.get(SURVIVE) != "ulfm":
+    if os.WIFSIGNALED(status) and survive == "hydra":
         os._exit(128 + os.WTERMSIG(status))
-    if not os.WIFSIGNALED(status) and status and os.environ.get(SURVIVE) == "ulfm":
+    if not os.WIFSIGNALED(status) and status and survive == "ulfm":
         # Open MPI's launcher aborts the whole job when a rank exits non-zero, but under ULFM
         # it survives a rank killed by a signal.
         os.kill(os.getpid(), signal.SIGKILL)

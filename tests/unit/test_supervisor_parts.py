@@ -158,7 +158,7 @@ def test_a_surviving_guard_exits_instead_of_dying_by_the_signal(tmp_path):
     code = ("from mpi_kernel.jupyter import guard\nimport os, signal\nguard.guard()\n"
             "os.killpg(0, signal.SIGUSR1)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PMI_RANK": "2", guard.SURVIVE: "1"}, start_new_session=True)
+                          env={**os.environ, "PMI_RANK": "2", guard.SURVIVE: "hydra"}, start_new_session=True)
     assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
     assert proc.stderr.startswith(guard.MARK) and '"signal": 9' in proc.stderr
 
