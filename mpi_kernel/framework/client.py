@@ -345,6 +345,10 @@ class MPICommandClient(Configurable):
             dead = sorted(self._monitor.dead())
             if not dead:
                 return []
+            if os.environ.get(protocol.NO_RESPAWN):
+                raise RuntimeError(f"servers {protocol.format_ranks(dead)} cannot be replaced in this job: "
+                                   f"{os.environ[protocol.NO_RESPAWN]}. The live servers go on; "
+                                   f"restarting the kernel (a new job) brings every rank back, with empty variables")
             live = [r for r in self._servers if r not in dead]
             book = self._book
             busy = sorted({r for r in live if book.inflight[r] is not None or book.queues[r]}

@@ -42,6 +42,12 @@ COMMAND, PUSH, PULL, CELL, CALLS, REBUILD = "command", "push", "pull", "cell", "
 
 # `python -m mpi_kernel --replacement 1,3` starts replacements for dead ranks 1 and 3 (respawn.py).
 REPLACEMENT = "--replacement"
+# Set in the job's environment by whoever launched it when replacements cannot be started
+# (srun without --overlap would wait for ever for a job step): why, for the user.
+NO_RESPAWN = "MPI_KERNEL_NO_RESPAWN"
+# How the launcher keeps the others when a rank dies ("hydra", "ulfm", "srun"), set in the
+# job's environment by the supervisor (jupyter/supervisor.py: survives_deaths).
+SURVIVE = "MPI_KERNEL_SURVIVE"
 
 # Control and event kinds.
 # DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever. EXIT

@@ -14,12 +14,13 @@ freed (freeing one would wait for them), and under MPICH MPI_Finalize stays skip
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from . import environment, failed, usercomm
 from .environment import MPI, MPIEnvironment
-from .protocol import REPLACEMENT
+from .protocol import REPLACEMENT, SURVIVE
 
 TAG = 18  # MPI_Comm_create_group's tag for the survivors' communicator
 
@@ -36,7 +37,10 @@ def command(dead: list[int]) -> list[str]:
 
 def wait_reported(comm: MPI.Comm, dead: list[int], timeout: float = 5.0) -> bool:
     """Wait until the MPI library lists `dead` as failed (True; at once where it cannot say):
-    a replacement must not start while hydra still sends its failure notices."""
+    a replacement must not start while hydra still sends its failure notices. Under srun
+    there are no notices, and MPICH never learns of the death: nothing to wait for."""
+    if os.environ.get(SURVIVE) == "srun":
+        return True
     deadline = time.monotonic() + timeout
     while True:
         known = failed.failed(comm)

@@ -104,15 +104,23 @@ def survived(entry: dict, client_rank: int | None) -> str:
 NO_SURVIVAL = ("This job's launcher does not keep the other ranks when a server dies: MPICH's "
                "mpiexec does with -disable-auto-cleanup (python -m mpi_kernel install writes it, "
                "unless --no-survive), Open MPI's with --with-ft ulfm (install --survive).")
+NO_SURVIVAL_SRUN = ("Under srun the other ranks go on after a server's death only with MPICH and "
+                    "without --kill-on-bad-exit (python -m mpi_kernel install --launcher slurm writes "
+                    "that line); Open MPI's PMIx ends the whole step.")
+
+
+def survival_hint(launcher: str) -> str:
+    """What would have kept the other ranks, for a job that ended over a server's death."""
+    return NO_SURVIVAL_SRUN if launcher == "srun" else NO_SURVIVAL
 
 
 def report(ended: list[dict], launcher_code: int | None, client_rank: int | None,
-           tail: list[str], restarting: bool, survivable: bool = False) -> tuple[str, list[str]]:
-    """(evalue, traceback lines) for the cell's error and the kernel log. `survivable`: the
-    job ended over a server's death that a surviving launcher would have outlived."""
+           tail: list[str], restarting: bool, hint: str | None = None) -> tuple[str, list[str]]:
+    """(evalue, traceback lines) for the cell's error and the kernel log. `hint`: for a job
+    that ended over a server's death, what would have kept the other ranks."""
     cause = summary(ended, launcher_code, client_rank)
     lines = [f"{ERROR_NAME}: the MPI job died: {cause}.",
-             "Every rank's variables are lost." + (f" {NO_SURVIVAL}" if survivable else "")]
+             "Every rank's variables are lost." + (f" {hint}" if hint else "")]
     tail = [t for t in tail if not NOISE.match(t)]
     if tail:
         lines += ["", "The job's last output (outside cells):", *(f"    {t}" for t in tail)]

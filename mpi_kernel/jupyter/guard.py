@@ -26,13 +26,15 @@ import signal
 import socket
 import sys
 
+from ..framework import protocol  # (pure: no MPI, which must not start before the fork)
+
 MARK = "mpi-kernel-rank-ended "
 RANK_VARIABLE = "MPI_KERNEL_RANK"  # a replacement's rank in the job (PMI_RANK is among its own kind)
 RANK_VARS = (RANK_VARIABLE, "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGCONT, signal.SIGTSTP)
 PR_SET_PDEATHSIG = 1
-SURVIVE = "MPI_KERNEL_SURVIVE"  # set by the supervisor for a launcher that keeps the survivors
+SURVIVE = protocol.SURVIVE  # set by the supervisor for a launcher that keeps the survivors
 
 
 def launcher_rank(environ: dict | None = None) -> int | None:

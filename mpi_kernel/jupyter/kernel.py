@@ -100,7 +100,7 @@ class SupervisorLink:
         env = environment.current()
         link.send(self.sock, self.key, "hello", rank=env.rank, host=env.host, pid=os.getpid(),
                   transport=self.transport, ip=self.ip, ports=ports, curve_publickey=self.curve_publickey,
-                  servers=servers)
+                  servers=servers, library=env.library)
         threading.Thread(target=self._watch, name="mpi-kernel-link", daemon=True).start()
 
     def _server_died(self, entry: dict) -> None:

@@ -36,6 +36,7 @@ import time
 import zmq
 
 from . import deaths, guard, link
+from ..framework.protocol import NO_RESPAWN
 
 log = logging.getLogger("mpi_kernel.supervisor")
 TAIL_LINES = 12
@@ -49,6 +50,11 @@ HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfil
                 "--machinefile", "--default-hostfile", "-launcher", "-launcher-exec", "-bootstrap"}
 # Launcher options that keep the other ranks running when one dies (MPICH's hydra).
 SURVIVE_OPTIONS = {"-disable-auto-cleanup", "--disable-auto-cleanup"}
+# srun keeps a step whose task died unless told to kill it (-K, --kill-on-bad-exit), or
+# unless Open MPI's PMIx ends it.
+# A job whose launcher keeps the other ranks waiting for a dead one without ever ending
+# (srun without --kill-on-bad-exit, under Open MPI) is ended this long after the death.
+DOOMED_GRACE = 1.0
 HOST_VARIABLES = ("HYDRA_HOST_FILE", "PBS_NODEFILE", "SLURM_JOB_ID", "LSB_HOSTS", "LSB_MCPU_HOSTS",
                   "COBALT_NODEFILE", "PE_HOSTFILE", "PRTE_MCA_prte_default_hostfile",
                   "OMPI_MCA_orte_default_hostfile")
@@ -64,6 +70,8 @@ class Job:
     ended: list = dataclasses.field(default_factory=list)  # the guards' records, in order
     survived: list = dataclasses.field(default_factory=list)  # those the job went on without
     aborting: bool = False  # a rank called MPI_Abort: the whole job ends, whatever the launcher
+    survive: str | None = None  # how this job outlives a server's death (survives_deaths), once up
+    doomed: float | None = None  # a server died in a job that cannot go on: end it by then
     partial: dict = dataclasses.field(default_factory=dict)  # fd -> bytes of an unfinished line
 
 
@@ -75,6 +83,7 @@ class Supervisor:
             self.connection = json.load(f)
         self.launcher, self.prelude, self.relaunch = launcher, prelude, relaunch
         self.survive = survives_deaths(launcher)
+        self.launcher_name = "srun" if srun_args(launcher) is not None else os.path.basename(launcher[0])
         self.stop_timeout = stop_timeout
         self.key = self.connection.get("key", "").encode()
         self.context = zmq.Context()
@@ -107,6 +116,10 @@ class Supervisor:
         env[link.ENV] = self.link_info().to_env()
         if self.survive:
             env[guard.SURVIVE] = self.survive
+        if self.survive == "srun" and not srun_overlaps(self.launcher):
+            env[NO_RESPAWN] = ("srun was started without --overlap, so a replacement rank would wait "
+                               "for ever for a job step (python -m mpi_kernel install --launcher slurm "
+                               "writes --overlap)")
         log.info("starting the MPI job: %s", " ".join(argv))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
@@ -219,6 +232,11 @@ class Supervisor:
     def _check_job(self) -> int | None:
         """Handle a job that has ended; the exit status to return, or None to go on."""
         job = self.job
+        if job.doomed is not None and time.monotonic() > job.doomed and job.proc.poll() is None:
+            job.doomed = None
+            dead = next(e for e in reversed(job.ended) if e.get("rank") != job.hello["rank"])
+            self.terminate_job(f"server rank {dead.get('rank')} died, and {self.launcher_name} keeps "
+                               f"the other ranks waiting for it")
         if job.proc.poll() is None and (job.hello is None or job.link is not None):
             return None  # starting, or running
         if job.proc.poll() is None:  # the kernel rank is gone but the launcher is not
@@ -249,8 +267,9 @@ class Supervisor:
         client_rank = job.hello.get("rank")
         ended = [e for e in job.ended if e not in job.survived] or job.ended
         first = min(ended, key=deaths.likeliest_cause) if ended else {}
-        survivable = not self.survive and first.get("rank") not in (None, client_rank) and "abort" not in first
-        cause, lines = deaths.report(ended, code, client_rank, list(self.tail), restarting, survivable)
+        survivable = not job.survive and first.get("rank") not in (None, client_rank) and "abort" not in first
+        hint = deaths.survival_hint(self.launcher_name) if survivable else None
+        cause, lines = deaths.report(ended, code, client_rank, list(self.tail), restarting, hint)
         log.error("%s", "\n".join(lines))
         cells = self.relay.fail_executing(deaths.ERROR_NAME, cause, lines)
         log.info("the death was reported in %d running cell(s)", cells)
@@ -293,23 +312,30 @@ class Supervisor:
 
     def _on_hello(self, hello: dict) -> None:
         self.job.hello = hello
+        # Under srun only MPICH goes on after a death (Open MPI's PMIx ends the step).
+        library = hello.get("library", "")
+        self.job.survive = None if self.survive == "srun" and "MPICH" not in library else self.survive
         self.relay.attach(hello["transport"], hello["ip"], hello["ports"], hello.get("curve_publickey"))
-        log.info("kernel rank %s is up on %s (pid %s, %s %s%s); servers: %s", hello["rank"],
+        log.info("kernel rank %s is up on %s (pid %s, %s %s%s, %s); servers: %s", hello["rank"],
                  hello["host"], hello["pid"], hello["transport"], hello["ip"],
-                 ", CurveZMQ" if hello.get("curve_publickey") else "",
+                 ", CurveZMQ" if hello.get("curve_publickey") else "", library or "MPI",
                  ", ".join(f"{r} on {h} pid {p}" for r, (h, p) in sorted(hello["servers"].items(),
                                                                          key=lambda i: int(i[0]))))
 
     def _tell_kernel(self, job: Job, entry: dict) -> None:
-        """A server died in a job that survives it: the kernel rank fails its requests and
-        goes on with the others (the guards see a death long before MPI would, if ever)."""
+        """A server died. In a job that survives it, the kernel rank fails its requests and
+        goes on with the others (the guards see a death long before MPI would, if ever). In
+        one that cannot, the job is ended soon, whether or not the launcher would end it."""
         if "abort" in entry and not job.aborting:  # MPI_Abort means the whole job, always
             job.aborting = True  # (every other rank's end follows: none of them is told)
             if self.survive:  # a launcher that keeps the others (Open MPI's ULFM does) is overruled
                 self.terminate_job(f"rank {entry.get('rank')} called MPI_Abort")
             return
-        if not self.survive or job.aborting or job.link is None or job.hello is None \
-                or entry.get("rank") == job.hello["rank"]:
+        if job.aborting or job.link is None or job.hello is None or entry.get("rank") == job.hello["rank"]:
+            return  # (the kernel rank's own end: its link closes, and _check_job ends the job)
+        if not job.survive:
+            if job.doomed is None:  # (srun, for one, would keep the others waiting for ever)
+                job.doomed = time.monotonic() + DOOMED_GRACE
             return
         log.warning("server rank %s on %s died; the job goes on without it", entry.get("rank"), entry.get("host"))
         try:
@@ -375,13 +401,39 @@ def single_host(launcher: list[str], environ: dict) -> bool:
 
 def survives_deaths(launcher: list[str]) -> str | None:
     """How the launcher line keeps the other ranks when one dies: "hydra" (MPICH's
-    -disable-auto-cleanup), "ulfm" (Open MPI's --with-ft ulfm), or None."""
+    -disable-auto-cleanup), "ulfm" (Open MPI's --with-ft ulfm), "srun" (Slurm's srun without
+    --kill-on-bad-exit: MPICH's ranks go on, Open MPI's not, which the supervisor learns
+    from the kernel rank's hello), or None."""
     if any(arg in SURVIVE_OPTIONS for arg in launcher):
         return "hydra"
     pairs = zip(launcher, launcher[1:])
     if any(a == "--with-ft" and b == "ulfm" for a, b in pairs) or "--with-ft=ulfm" in launcher:
         return "ulfm"
+    srun = srun_args(launcher)
+    if srun is not None and not any(_kills_on_bad_exit(arg) for arg in srun):
+        return "srun"
     return None
+
+
+def srun_args(launcher: list[str]) -> list[str] | None:
+    """srun's own options in the launcher line (also under salloc), or None without srun."""
+    names = [os.path.basename(arg) for arg in launcher]
+    if "srun" not in names:
+        return None
+    rest = launcher[names.index("srun") + 1:]
+    end = next((i for i, arg in enumerate(rest) if not arg.startswith("-")), len(rest))
+    return rest[:end]  # (options with a separate value stop it early: those are not looked for)
+
+
+def srun_overlaps(launcher: list[str]) -> bool:
+    return "--overlap" in (srun_args(launcher) or []) or os.environ.get("SLURM_OVERLAP") == "1"
+
+
+def _kills_on_bad_exit(arg: str) -> bool:
+    name, _, value = arg.partition("=")
+    if name == "--kill-on-bad-exit":
+        return value != "0"
+    return arg.startswith("-K") and arg[2:] != "0"  # -K, -K1 (-K0: keep the step)
 
 
 def job_environment(launcher: list[str], environ: dict) -> dict:

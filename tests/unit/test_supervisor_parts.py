@@ -150,6 +150,30 @@ def test_a_job_survives_deaths_only_when_its_launcher_keeps_the_others():
     assert "Only rank 2's variables are lost" in text
 
 
+@pytest.mark.parametrize("launcher, mode", [
+    ("srun --mpi=pmi2 --overlap -n 4 python", "srun"),
+    ("/usr/bin/srun -n 4 python -K", "srun"),  # (python's argument, not srun's)
+    ("srun --kill-on-bad-exit=1 -n 4 python", None),
+    ("srun --kill-on-bad-exit -n 4 python", None),
+    ("srun -K -n 4 python", None),
+    ("srun -K0 -n 4 python", "srun"),
+    ("srun --kill-on-bad-exit=0 -n 4 python", "srun"),
+    ("salloc -N 2 srun --mpi=pmi2 -n 4 python", "srun"),
+])
+def test_srun_keeps_the_others_unless_it_kills_on_a_bad_exit(launcher, mode):
+    from mpi_kernel.jupyter.supervisor import survives_deaths
+    assert survives_deaths(launcher.split()) == mode
+
+
+def test_srun_can_start_replacements_only_with_overlap(monkeypatch):
+    from mpi_kernel.jupyter.supervisor import srun_overlaps
+    monkeypatch.delenv("SLURM_OVERLAP", raising=False)
+    assert srun_overlaps("srun --overlap -n 4 python".split())
+    assert not srun_overlaps("srun -n 4 python --overlap".split())
+    monkeypatch.setenv("SLURM_OVERLAP", "1")
+    assert srun_overlaps("srun -n 4 python".split())
+
+
 def test_a_surviving_guard_exits_instead_of_dying_by_the_signal(tmp_path):
     """hydra's proxy ends all its local ranks when a child dies by a signal: under SURVIVE the
     guard reports the death and exits with 128 + the signal, and ignores hydra's SIGUSR1."""
@@ -177,7 +201,9 @@ def test_an_open_mpi_guard_turns_a_non_zero_exit_into_sigkill(tmp_path):
 
 def test_a_death_report_says_when_another_launcher_would_have_kept_the_others():
     entry = {"rank": 1, "host": "h", "pid": 2, "signal": 9}
-    _, lines = deaths.report([entry], -9, 3, [], True, survivable=True)
+    _, lines = deaths.report([entry], -9, 3, [], True, deaths.survival_hint("mpiexec"))
     assert "mpiexec does with -disable-auto-cleanup" in lines[1] and "--with-ft ulfm (install --survive)" in lines[1]
     _, lines = deaths.report([entry], -9, 3, [], True)
     assert lines[1] == "Every rank's variables are lost."
+    _, lines = deaths.report([entry], -9, 3, [], True, deaths.survival_hint("srun"))
+    assert "only with MPICH and without --kill-on-bad-exit" in lines[1]
