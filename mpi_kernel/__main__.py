@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = respawn.join(replaces) if replaces is not None else framework.launch()
     except MPIEnvironmentError as exc:
-        print(f"mpi_kernel: error: {exc}", file=sys.stderr)
+        if guard.launcher_rank() in (None, 0):  # once per job, not once per rank
+            print(f"mpi_kernel: error: {exc}", file=sys.stderr)
         return 2
     if supervised:  # a user's MPI_Abort is reported in the guard's words
         usercomm.abort_line = guard.abort_line

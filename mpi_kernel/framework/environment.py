@@ -85,7 +85,13 @@ def check_world(provided: int, size: int, library: str) -> None:
     if size >= 2:
         return
     launched = [v for v in _LAUNCHER_VARS if v in os.environ]
-    if launched:
+    library = " ".join(library.split(",")[0].split())  # "Open MPI v5.0.11", "MPICH Version: 5.0.2"
+    if "SLURM_PROCID" in launched:
+        hint = (f"srun started this process (SLURM_PROCID is set), but with a PMI that {library} "
+                f"does not speak, so each process starts its own world of size 1. MPICH's wheel needs "
+                f"srun --mpi=pmi2, Open MPI's srun --mpi=pmix; `srun --mpi=list` shows what this "
+                f"Slurm offers (python -m mpi_kernel install --launcher slurm writes the right one)")
+    elif launched:
         hint = (f"This process was started by a launcher ({', '.join(launched)} is set), so that "
                 f"mpiexec probably belongs to another MPI than the one mpi4py uses ({library}): each "
                 f"process then starts its own world of size 1. Use the matching launcher: {mpiexec}")

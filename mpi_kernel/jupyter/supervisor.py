@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,10 @@ TAIL_LINES = 12
 # thread (openpmix/openpmix#112): nothing of ours has run, so the start is simply tried again.
 LAUNCH_RACE = "PMIx server's listener thread failed to start"
 LAUNCH_RETRIES = 2
+# What a job that fails before the kernel starts printed, and how to fix it (the kernel's own
+# checks say so themselves: this is for failures inside MPI_Init).
+START_HINTS = {"unsupported PMI version PMIx": "MPICH does not speak srun's --mpi=pmix: use --mpi=pmi2 "
+                                              "(python -m mpi_kernel install --launcher slurm writes it)"}
 # A job may span hosts when its launcher line names hosts, or a batch system or hostfile
 # variable is set (MPICH's mpiexec reads PBS_NODEFILE and HYDRA_HOST_FILE by itself).
 HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfile", "-machinefile",
@@ -84,6 +89,9 @@ class Supervisor:
         self.launcher, self.prelude, self.relaunch = launcher, prelude, relaunch
         self.survive = survives_deaths(launcher)
         self.launcher_name = "srun" if srun_args(launcher) is not None else os.path.basename(launcher[0])
+        # salloc releases its allocation (and so ends the steps in it) on SIGTERM; killed, it
+        # would leave both behind. The others end their ranks when killed.
+        self.end_signal = signal.SIGTERM if os.path.basename(launcher[0]) == "salloc" else signal.SIGKILL
         self.stop_timeout = stop_timeout
         self.key = self.connection.get("key", "").encode()
         self.context = zmq.Context()
@@ -122,8 +130,8 @@ class Supervisor:
                                "writes --overlap)")
         log.info("starting the MPI job: %s", " ".join(argv))
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=guard.die_with_parent)  # the launcher dies with us
+                                stderr=subprocess.PIPE, start_new_session=True,  # the launcher dies with us:
+                                preexec_fn=functools.partial(guard.die_with_parent, self.end_signal))
         for pipe in (proc.stdout, proc.stderr):
             os.set_blocking(pipe.fileno(), False)
         self.job = Job(proc)
@@ -141,6 +149,9 @@ class Supervisor:
                 pass
             self._wait_exit(0.5)
         if job.proc.poll() is None:  # a launcher stuck or without the link: its own teardown
+            _killpg(job.proc.pid, self.end_signal)
+            self._wait_exit(2.0 if self.end_signal == signal.SIGKILL else 5.0)
+        if job.proc.poll() is None and self.end_signal != signal.SIGKILL:
             _killpg(job.proc.pid, signal.SIGKILL)
             self._wait_exit(2.0)
 
@@ -257,11 +268,12 @@ class Supervisor:
             self.start_job()
             return None
         if job.hello is None:
+            hints = [hint for text, hint in START_HINTS.items() if any(text in line for line in self.tail)]
             log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
-                      "is above", code)
+                      "is above%s", code, "".join(f". {hint}" for hint in hints))
             self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", [
                 f"{deaths.ERROR_NAME}: the MPI job ended before the kernel started (launcher exit "
-                f"{code}); its output is in the Jupyter server's log."])
+                f"{code}); its output is in the Jupyter server's log.", *hints])
             return code or 1
         restarting = self.relaunch
         client_rank = job.hello.get("rank")

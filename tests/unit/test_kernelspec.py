@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from mpi_kernel.jupyter import kernelspec
+
 
 def install(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mpi_kernel", "install", *args], capture_output=True,
@@ -21,8 +23,8 @@ def test_site_launcher_options(tmp_path):
     # The supervisor on the Jupyter host, then the launcher line it runs.
     assert spec["argv"] == [sys.executable, "-m", "mpi_kernel", "supervise", "-f", "{connection_file}",
                             "--prelude", "module load mpi", "--stop-timeout", "2.5", "--",
-                            "srun", "--mpi=pmix", "-p", "debug", "-n", "16", sys.executable, "-m",
-                            "mpi_kernel", "--kernel"]
+                            "srun", *kernelspec.srun_flags(None, ("--mpi=pmix",)), "--mpi=pmix", "-p",
+                            "debug", "-n", "16", sys.executable, "-m", "mpi_kernel", "--kernel"]
     assert spec["env"] == {"OMP_NUM_THREADS": "1", "A": "b=c"}
     assert spec["display_name"] == "MPI on Slurm"
     assert spec["interrupt_mode"] == "message"
@@ -69,3 +71,34 @@ def test_survive_options_write_what_keeps_the_job_after_a_death(tmp_path, versio
         argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
         launcher = " ".join(argv[argv.index("--") + 1:])
         assert (" ".join(survives) in launcher) == kept, launcher
+
+
+@pytest.mark.parametrize("family, survive, user_args, flags", [
+    ("MPICH", None, (), ("--mpi=pmi2", "--overlap")),  # the job goes on after a death
+    ("MPICH", True, (), ("--mpi=pmi2", "--overlap")),
+    ("MPICH", False, (), ("--mpi=pmi2", "--kill-on-bad-exit=1")),
+    ("Open MPI", None, (), ("--mpi=pmix", "--kill-on-bad-exit=1")),  # PMIx ends the step anyway
+    ("MPICH", None, ("--mpi=pmix",), ("--overlap",)),  # the user's choice stays
+])
+def test_srun_gets_the_pmi_and_the_death_handling_of_the_installed_mpi(monkeypatch, family, survive,
+                                                                       user_args, flags):
+    monkeypatch.setattr(kernelspec, "mpi_family", lambda _mpiexec: family)
+    assert kernelspec.launcher_flags("/usr/bin/srun", survive, user_args) == flags
+
+
+def test_srun_with_open_mpi_cannot_survive_and_says_what_can(monkeypatch):
+    monkeypatch.setattr(kernelspec, "mpi_family", lambda _mpiexec: "Open MPI")
+    with pytest.raises(ValueError, match="only MPICH keeps the other ranks.*mpiexec --with-ft ulfm"):
+        kernelspec.srun_flags(True)
+
+
+def test_launcher_slurm_with_salloc_asks_for_the_ranks_then_runs_srun(tmp_path):
+    proc = install("--prefix", str(tmp_path), "--launcher", "slurm", "--ranks", "8",
+                   "--salloc=-N 2 -t 30 -p debug")
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads((tmp_path / "share/jupyter/kernels/mpi/kernel.json").read_text())["argv"]
+    assert argv[argv.index("--") + 1:] == ["salloc", "-n", "8", "-N", "2", "-t", "30", "-p", "debug", "srun",
+                                           *kernelspec.srun_flags(), "-n", "8", sys.executable, "-m",
+                                           "mpi_kernel", "--kernel"]
+    proc = install("--prefix", str(tmp_path), "--salloc=-N 2")
+    assert proc.returncode != 0 and "--salloc needs --launcher slurm" in proc.stderr
