@@ -23,7 +23,7 @@ from ipykernel.kernelapp import IPKernelApp
 from .. import __version__
 from ..framework import environment
 from ..framework.client import MPICommandClient
-from . import deaths, link
+from . import deaths, guard, link
 
 log = logging.getLogger("mpi_kernel.kernel")
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
@@ -75,7 +75,9 @@ class SupervisorLink:
     def __init__(self, info: link.LinkInfo) -> None:
         self.key = info.key.encode()
         self.sock, ip = link.connect(info)
-        folder = tempfile.mkdtemp(prefix="mpi-kernel-")  # mode 0700: the key is in the file
+        # Mode 0700: the key is in the file. Named after this process, so that its guard
+        # removes it when the rank is killed (guard.py), and the supervisor when the job is.
+        folder = tempfile.mkdtemp(prefix=guard.folder_prefix(os.getpid()))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         self.connection_file = os.path.join(folder, "kernel.json")
         # On the supervisor's host the channels are Unix sockets in that private folder;

@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,6 +173,8 @@ class Supervisor:
             return self._loop()
         finally:
             self.terminate_job("the supervisor is exiting")
+            if self.job is not None:
+                remove_kernel_folder(self.job.hello)
             if self.relay is not None:
                 self.relay.close()
             self.listener.close()
@@ -256,6 +259,7 @@ class Supervisor:
             self._wait_exit(1.0)  # on one host the launcher ends the other ranks itself
             self.terminate_job("the kernel rank is gone")  # across hosts hydra would not
         self._read_output(0.3)  # the guards' last lines
+        remove_kernel_folder(job.hello)
         code = job.proc.returncode
         if self.stop_deadline is not None:
             log.info("the MPI job ended (launcher exit %s)", code)
@@ -446,6 +450,16 @@ def _kills_on_bad_exit(arg: str) -> bool:
     if name == "--kill-on-bad-exit":
         return value != "0"
     return arg.startswith("-K") and arg[2:] != "0"  # -K, -K1 (-K0: keep the step)
+
+
+def remove_kernel_folder(hello: dict | None) -> None:
+    """Remove the kernel rank's private folder (its sockets) if it is on this host: its guard
+    does that too, unless the launcher's teardown killed the guard as well."""
+    if not hello or hello.get("transport") != "ipc" or hello.get("host") != socket.gethostname():
+        return
+    folder = os.path.dirname(hello["ip"])
+    if os.path.basename(folder).startswith(guard.folder_prefix(hello["pid"])):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def job_environment(launcher: list[str], environ: dict) -> dict:
