@@ -20,14 +20,11 @@ guard (PR_SET_PDEATHSIG). Only Linux has that; elsewhere ranks run unguarded.
 from __future__ import annotations
 
 import ctypes
-import glob
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 
 from ..framework import protocol  # (pure: no MPI, which must not start before the fork)
 
@@ -71,17 +68,6 @@ def abort_line(entry: dict) -> str:
     return MARK + json.dumps(entry)
 
 
-def folder_prefix(pid: int) -> str:
-    """The prefix of a rank's private folder in the temporary directory (the kernel rank's
-    connection file and sockets): its guard removes it after the rank ends."""
-    return f"mpi-kernel-{pid}-"
-
-
-def remove_folders(pid: int) -> None:
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(folder_prefix(pid)) + "*")):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def guard() -> None:
     """Fork; return in the child, which goes on to be the rank. The parent never returns."""
     parent = os.getpid()
@@ -111,7 +97,6 @@ def _wait_and_report(pid: int) -> None:
             break
         except InterruptedError:
             continue
-    remove_folders(pid)  # (a rank killed, or ended by MPI_Abort, leaves its folder)
     entry = record(status, launcher_rank(), pid)
     if entry is not None:
         os.write(2, (MARK + json.dumps(entry) + "\n").encode())

@@ -23,7 +23,7 @@ from ipykernel.kernelapp import IPKernelApp
 from .. import __version__
 from ..framework import environment
 from ..framework.client import MPICommandClient
-from . import deaths, guard, link
+from . import deaths, link
 
 log = logging.getLogger("mpi_kernel.kernel")
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
@@ -75,9 +75,10 @@ class SupervisorLink:
     def __init__(self, info: link.LinkInfo) -> None:
         self.key = info.key.encode()
         self.sock, ip = link.connect(info)
-        # Mode 0700: the key is in the file. Named after this process, so that its guard
-        # removes it when the rank is killed (guard.py), and the supervisor when the job is.
-        folder = tempfile.mkdtemp(prefix=guard.folder_prefix(os.getpid()))
+        # Mode 0700: the key is in the file. A rank killed cannot remove it: so the file goes
+        # as soon as ipykernel has read it (forget_files), and the folder then too, unless it
+        # holds the sockets, on the supervisor's host, which removes it when the job ends.
+        self.folder = folder = tempfile.mkdtemp(prefix=link.FOLDER_PREFIX)
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         self.connection_file = os.path.join(folder, "kernel.json")
         # On the supervisor's host the channels are Unix sockets in that private folder;
@@ -94,6 +95,12 @@ class SupervisorLink:
             info_file.update(curve_publickey=self.curve_publickey, curve_secretkey=secret.decode())
         with open(os.open(self.connection_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             json.dump(info_file, f)
+
+    def forget_files(self) -> None:
+        """Once ipykernel has bound its ports: remove what a killed rank would leave behind."""
+        os.remove(self.connection_file)
+        if self.transport == "tcp":
+            os.rmdir(self.folder)
 
     def hello(self, app: IPKernelApp, client: MPICommandClient) -> None:
         """Tell the supervisor where this rank listens; then watch the link."""
@@ -162,6 +169,7 @@ def main(argv: list[str]) -> int:
     app = IPKernelApp.instance(kernel_class=MPIKernel)
     app.initialize(argv)
     if supervisor is not None:
+        supervisor.forget_files()
         supervisor.hello(app, client)
     # Load IPython on the servers now rather than in the user's first %%px cell, which
     # queues behind it. Not earlier: on few cores the servers would slow the client's own

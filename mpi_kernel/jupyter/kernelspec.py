@@ -80,6 +80,8 @@ def srun_flags(survive: bool | None = None, user_args: tuple[str, ...] = ()) -> 
                                                                         else "--mpi=pmi2"]
     if family == "MPICH" and survive is not False:
         return (*flags, "--overlap")
+    if any(a.startswith(("-K", "--kill-on-bad-exit")) for a in user_args):
+        return tuple(flags)  # (the user's choice stays)
     return (*flags, "--kill-on-bad-exit=1")
 
 

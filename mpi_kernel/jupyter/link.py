@@ -23,6 +23,7 @@ from ..errors import LinkError
 
 ENV = "MPI_KERNEL_SUPERVISOR"  # JSON: LinkInfo, set by the supervisor for the launcher
 MAX_LINE = 1 << 20
+FOLDER_PREFIX = "mpi-kernel-"  # the kernel rank's private folder, in its temporary directory
 
 
 @dataclasses.dataclass(frozen=True)

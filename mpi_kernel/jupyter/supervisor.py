@@ -453,12 +453,12 @@ def _kills_on_bad_exit(arg: str) -> bool:
 
 
 def remove_kernel_folder(hello: dict | None) -> None:
-    """Remove the kernel rank's private folder (its sockets) if it is on this host: its guard
-    does that too, unless the launcher's teardown killed the guard as well."""
+    """Remove the kernel rank's private folder (its sockets) if it is on this host: a rank
+    killed (or ended by MPI_Abort) cannot."""
     if not hello or hello.get("transport") != "ipc" or hello.get("host") != socket.gethostname():
         return
     folder = os.path.dirname(hello["ip"])
-    if os.path.basename(folder).startswith(guard.folder_prefix(hello["pid"])):
+    if os.path.basename(folder).startswith(link.FOLDER_PREFIX):
         shutil.rmtree(folder, ignore_errors=True)
 
 

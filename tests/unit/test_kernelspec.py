@@ -79,6 +79,7 @@ def test_survive_options_write_what_keeps_the_job_after_a_death(tmp_path, versio
     ("MPICH", False, (), ("--mpi=pmi2", "--kill-on-bad-exit=1")),
     ("Open MPI", None, (), ("--mpi=pmix", "--kill-on-bad-exit=1")),  # PMIx ends the step anyway
     ("MPICH", None, ("--mpi=pmix",), ("--overlap",)),  # the user's choice stays
+    ("Open MPI", None, ("--kill-on-bad-exit=0",), ("--mpi=pmix",)),
 ])
 def test_srun_gets_the_pmi_and_the_death_handling_of_the_installed_mpi(monkeypatch, family, survive,
                                                                        user_args, flags):
