@@ -68,9 +68,10 @@ def launcher_flags(mpiexec: str, survive: bool | None = None, user_args: tuple[s
 def srun_flags(survive: bool | None = None, user_args: tuple[str, ...] = ()) -> tuple[str, ...]:
     """srun's flags for this environment's MPI: the PMI it speaks (MPICH's wheel pmi2, Open
     MPI's pmix; Slurm's default, none, gives each rank a world of its own), unless the
-    user's arguments name one. With MPICH a job survives a server's death unless `survive`
-    is False (srun keeps the step without --kill-on-bad-exit), and --overlap lets the
-    replacement's step start inside the job's own resources. Open MPI's PMIx ends the step."""
+    user's arguments name one; --overlap, so that the job's step may share the CPUs of a step
+    that holds them all (Jupyter's own, under batchspawner's srun), and a replacement's step
+    those of the job. With MPICH a job survives a server's death unless `survive` is False
+    (srun keeps the step without --kill-on-bad-exit). Open MPI's PMIx ends the step."""
     family = mpi_family(default_mpiexec())
     if survive and family != "MPICH":
         raise ValueError("under srun only MPICH keeps the other ranks when a server dies (Open MPI's "
@@ -78,8 +79,9 @@ def srun_flags(survive: bool | None = None, user_args: tuple[str, ...] = ()) -> 
                          "mpiexec --with-ft ulfm inside the allocation")
     flags = [] if any(a.startswith("--mpi") for a in user_args) else ["--mpi=pmix" if family == "Open MPI"
                                                                         else "--mpi=pmi2"]
+    flags.append("--overlap")
     if family == "MPICH" and survive is not False:
-        return (*flags, "--overlap")
+        return tuple(flags)
     if any(a.startswith(("-K", "--kill-on-bad-exit")) for a in user_args):
         return tuple(flags)  # (the user's choice stays)
     return (*flags, "--kill-on-bad-exit=1")
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"MPI processes: 1 client + N-1 servers (default {DEFAULT_RANKS})")
     parser.add_argument("--launcher", choices=("mpiexec", "slurm"), default="mpiexec",
                         help="mpiexec (default), or slurm: srun with the flags this environment's "
-                             "MPI needs (MPICH: --mpi=pmi2 --overlap; Open MPI: --mpi=pmix), run "
+                             "MPI needs (MPICH: --mpi=pmi2; Open MPI: --mpi=pmix), run "
                              "inside an allocation (salloc, sbatch, a batch spawner) or with --salloc")
     parser.add_argument("--salloc", metavar="ARGS", default=None,
                         help='with --launcher slurm: ask for an allocation first, e.g. '

@@ -238,6 +238,31 @@ def test_salloc_asks_for_the_allocation_and_gives_it_back(slurm, tmp_path):
     assert not jobs(wait_empty=5), "salloc's allocation is still there"
 
 
+NOTEBOOK = """
+import sys
+sys.path.insert(0, {tests!r})
+from kernel_helpers import run, start_kernel, text_of
+km, kc = start_kernel({name!r})
+status, out = run(kc, "%%px\\nimport os\\nprint(os.environ['SLURM_STEP_ID'])")
+print(status, text_of(out), flush=True)
+kc.stop_channels()
+km.shutdown_kernel(now=False)
+"""
+
+
+def test_jupyter_in_a_job_step_that_holds_every_cpu_as_batchspawner_runs_it(slurm, spec, tmp_path):
+    """batchspawner runs `srun jupyterhub-singleuser` in a batch job: a step that holds the
+    allocation's CPUs. The kernel's srun starts its own step beside it (--overlap)."""
+    if slurm == "three-hosts":
+        pytest.skip("one node is enough")
+    script = tmp_path / "notebook.py"
+    script.write_text(NOTEBOOK.format(tests=str(Path(__file__).parents[1]), name=spec))
+    proc = subprocess.run(["salloc", "-n", "4", "srun", "-n", "1", "-c", "4", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok [stdout:0-2] 1\n" in proc.stdout, proc.stdout + proc.stderr
+    assert not wait_nothing_left(10) and not jobs(wait_empty=5)
+
+
 def test_a_wrong_srun_mpi_says_which_one_this_mpi_needs(slurm):
     if slurm == "three-hosts":
         pytest.skip("one node is enough")

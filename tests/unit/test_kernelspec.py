@@ -76,10 +76,10 @@ def test_survive_options_write_what_keeps_the_job_after_a_death(tmp_path, versio
 @pytest.mark.parametrize("family, survive, user_args, flags", [
     ("MPICH", None, (), ("--mpi=pmi2", "--overlap")),  # the job goes on after a death
     ("MPICH", True, (), ("--mpi=pmi2", "--overlap")),
-    ("MPICH", False, (), ("--mpi=pmi2", "--kill-on-bad-exit=1")),
-    ("Open MPI", None, (), ("--mpi=pmix", "--kill-on-bad-exit=1")),  # PMIx ends the step anyway
+    ("MPICH", False, (), ("--mpi=pmi2", "--overlap", "--kill-on-bad-exit=1")),
+    ("Open MPI", None, (), ("--mpi=pmix", "--overlap", "--kill-on-bad-exit=1")),  # PMIx ends the step anyway
     ("MPICH", None, ("--mpi=pmix",), ("--overlap",)),  # the user's choice stays
-    ("Open MPI", None, ("--kill-on-bad-exit=0",), ("--mpi=pmix",)),
+    ("Open MPI", None, ("--kill-on-bad-exit=0",), ("--mpi=pmix", "--overlap")),
 ])
 def test_srun_gets_the_pmi_and_the_death_handling_of_the_installed_mpi(monkeypatch, family, survive,
                                                                        user_args, flags):
