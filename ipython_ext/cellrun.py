@@ -21,6 +21,7 @@ from mpi_kernel.parallel.asyncresult import AsyncResult
 
 from . import display as show
 from .cellout import CellOutput, Pacer, Spill
+from .localwatch import LocalWatch
 
 DIAGNOSE_AFTER = 5.0  # seconds a cell waits before its progress line looks at the ranks' stacks
 DEATH_LOOK_AFTER = 1.0  # seconds after a death before the cell looks whether the others wait for it
@@ -76,7 +77,11 @@ class PxRunner:
             print(f"[px] running as request{'s' if len(ids) > 1 else ''} {format_ranks(ids)}; "
                   f"%pxresult{'' if name == '_' else ' ' + name} shows the results")
             return result
-        local_ok = self.shell.run_cell(source, store_history=False).success if args.local else True
+        if args.local:
+            with LocalWatch(self.client):  # (a server's death must not hang it for ever)
+                local_ok = self.shell.run_cell(source, store_history=False).success
+        else:
+            local_ok = True
         timeout, local = args.timeout, args.local
         if not local_ok:
             # The client will not join the servers' collectives now: do not wait for ever.

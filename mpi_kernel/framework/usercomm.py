@@ -28,7 +28,7 @@ from typing import Any, Callable, NoReturn
 
 from mpi4py import MPI
 
-from .environment import let_launcher_forward
+from .environment import let_launcher_forward, release_shared_memory
 
 _REAL_WORLD = MPI.COMM_WORLD
 # Called before an abort, to give the captured descriptors back (server.py adds one).
@@ -49,9 +49,14 @@ class UserComm(MPI.Intracomm):
     """An intracommunicator for user code, the same MPI handle: only Abort differs."""
 
     def Abort(self, errorcode: int = 0) -> NoReturn:  # noqa: N802 - mpi4py's name
-        announce_abort(int(errorcode), f"Abort({errorcode}) on {self.Get_name()}")
-        _REAL_WORLD.Abort(errorcode)
-        raise SystemExit(errorcode)  # not reached: MPI_Abort does not return
+        abort(int(errorcode), f"Abort({errorcode}) on {self.Get_name()}")
+
+
+def abort(errorcode: int, what: str) -> NoReturn:
+    """End the whole job from user code's side (MPI_Abort), saying which rank and why."""
+    announce_abort(errorcode, what)
+    _REAL_WORLD.Abort(errorcode)
+    raise SystemExit(errorcode)  # not reached: MPI_Abort does not return
 
 
 def announce_abort(errorcode: int, what: str) -> None:
@@ -69,6 +74,7 @@ def announce_abort(errorcode: int, what: str) -> None:
     sys.stderr.flush()
     os.write(2, (line + "\n").encode())
     let_launcher_forward()
+    release_shared_memory()
 
 
 def _refuse_finalize() -> NoReturn:

@@ -70,6 +70,7 @@ def slurm(request):
     assert up.returncode == 0, f"the test cluster did not start:\n{up.stdout}\n{up.stderr}"
     before = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = f"{STATE}/etc/slurm.conf"
+    OTHERS.update(glob.glob(FOLDERS))  # (the notebooks' session makes one)
     try:
         yield layout
     finally:
@@ -80,13 +81,17 @@ def slurm(request):
             os.environ["SLURM_CONF"] = before
 
 
+FOLDERS = "/tmp/mpi-kernel-*"  # the kernel rank's (and other tests' own, made before these)
+OTHERS: set[str] = set()  # those of other tests, when the cluster started
+
+
 def left_behind() -> list[str]:
     """Ranks, job steps and kernel folders still there (the simulated hosts share the pid
     space and /tmp with this one)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     procs = [line for line in out.splitlines()
              if "-m mpi_kernel --kernel" in line or "mpi_kernel --replacement" in line or "slurmstepd" in line]
-    return procs + glob.glob("/tmp/mpi-kernel-*")
+    return procs + sorted(set(glob.glob(FOLDERS)) - OTHERS)
 
 
 def wait_nothing_left(seconds: float) -> list[str]:
@@ -143,6 +148,14 @@ def test_cells_run_on_the_ranks_srun_placed(kernel, slurm):
     status, out = run(kc, "%mpi_status")
     table = ANSI.sub("", text_of(out))
     assert status == "ok" and "3 idle" in table and (slurm == "one-node" or "hostA" in table), table
+    km.restart_kernel(now=False)  # Jupyter's restart: a new job, in a new srun job
+    kc.wait_for_ready(timeout=60)
+    status, out = run(kc, "import os\nprint(os.environ['SLURM_JOB_ID'])")
+    assert status == "ok" and text_of(out).split() != [job], out
+    deadline = time.monotonic() + 5
+    while len(jobs()) > 1 and time.monotonic() < deadline:  # the first one goes
+        time.sleep(0.1)
+    assert len(jobs()) == 1, jobs()
 
 
 def test_interrupt_timeout_and_monitor_under_srun(kernel):

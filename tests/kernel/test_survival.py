@@ -5,6 +5,7 @@ survivors. The whole-job restart (other launchers, `install --no-survive`) is in
 test_supervisor.py."""
 from __future__ import annotations
 
+import glob
 import socket
 import time
 
@@ -24,7 +25,7 @@ KILLS = {
 @pytest.fixture(scope="module", autouse=True)
 def kernelspec_installed(tmp_path_factory):
     if not survives_deaths(True):
-        pytest.skip("this launcher does not keep the other ranks when one dies (srun: not built yet)")
+        pytest.skip("this launcher does not keep the other ranks when one dies")
     return install_kernelspec(tmp_path_factory.mktemp("prefix"), ranks=4, name=NAME, survive=True)
 
 
@@ -137,6 +138,28 @@ def test_a_death_in_a_collective_ends_the_cell_and_the_world_comes_back_whole(ke
     assert status == "ok" and text_of(out).count("through") == 3, error_text(out)
 
 
+def test_a_death_in_a_collective_of_a_local_cell_never_hangs_the_kernel(kernel):
+    """The client's own part of a --local cell waits in the collective too. Open MPI fails it
+    there as well; under MPICH it would never return, and no interrupt reaches C: the job
+    ends (localwatch.py) and the cell says why, and a new job starts."""
+    km, kc = kernel
+    run(kc, "kept = 'client'")
+    started = time.monotonic()
+    status, out = run(kc, "%%px --local\nimport os\nfrom mpi4py import MPI\nw = MPI.COMM_WORLD\n"
+                          "if w.Get_rank() == 1: os._exit(2)\nw.Barrier()", timeout=30)
+    took, text = time.monotonic() - started, error_text(out)
+    assert status == "error" and took < 10, (took, text)
+    if survival(True) == "ulfm":
+        assert "MPI_ERR_PROC_FAILED" in text and "MPIRankDied" in text, text
+        assert run(kc, "print(kept)")[0] == "ok"
+        return
+    assert "MPIJobDied" in text and "the kernel's own rank 3" in text, text
+    assert "waited in w.Barrier() with dead rank 1, which MPICH never returns" in text, text
+    kc.wait_for_ready(timeout=60)
+    status, out = run(kc, "%%px\nprint('new job', comm.allreduce(1))")
+    assert status == "ok" and "[stdout:0-2] new job 3" in text_of(out), error_text(out)
+
+
 def test_twenty_deaths_and_restarts_leave_no_processes_and_no_growing_descriptors(kernel):
     km, kc = kernel
     probe = ("import os, resource\nprint('fds', len(os.listdir('/proc/self/fd')), 'rss', "
@@ -171,3 +194,31 @@ def test_an_abort_on_a_server_still_ends_the_whole_job(kernel):
     text = error_text(out)
     assert status == "error" and "MPIJobDied" in text and "called MPI_Abort with errorcode 7" in text, text
     assert "MPIRankDied" not in text
+
+
+def mpich_segments() -> set[str]:
+    return set(glob.glob("/dev/shm/mpich_shm_*"))
+
+
+@pytest.mark.parametrize("end", ["death, then shutdown", "abort"])
+def test_a_job_that_skips_mpi_finalize_leaves_no_shared_memory_behind(end):
+    """MPICH unlinks its shared-memory segments in MPI_Finalize, which a job that lost a rank
+    skips, and an abort too: the ranks unlink those they map (environment.py)."""
+    if survival(True) != "hydra":
+        pytest.skip("MPICH's segments (/dev/shm/mpich_shm_*)")
+    before = mpich_segments()
+    km, kc = start_kernel(NAME)
+    try:
+        job = mpich_segments() - before
+        assert job, "the job should have its segments while it runs"
+        victim = "import os\nos._exit(1)" if end.startswith("death") else "comm.Abort(7)"
+        status, out = run(kc, f"%%px --targets 1\n{victim}", timeout=60)
+        assert status == "error", out
+        if end == "abort":
+            kc.wait_for_ready(timeout=60)  # a new job, with segments of its own
+            assert not job & mpich_segments(), f"the aborted job's segments are left: {sorted(job)}"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    left = mpich_segments() - before
+    assert not left, f"{end}: left in /dev/shm: {sorted(left)}"
