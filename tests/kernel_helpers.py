@@ -73,6 +73,30 @@ def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2
     return km, kc
 
 
+@contextlib.contextmanager
+def running_kernel(name: str) -> Iterator[tuple[KernelManager, Any]]:
+    """A started kernel (start_kernel), shut down as Jupyter does at the end."""
+    km, kc = start_kernel(name)
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+def interrupt_cell(km: KernelManager, kc: Any, code: str, after: float = 1.0) -> tuple[dict, float]:
+    """Send `code`, press Stop `after` seconds later: (the cell's reply, seconds from Stop to it).
+    Replies to earlier requests (wait_for_ready's kernel_info) are passed over."""
+    msg_id = kc.execute(code, stop_on_error=False)
+    time.sleep(after)
+    started = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    while reply["parent_header"]["msg_id"] != msg_id:
+        reply = kc.get_shell_msg(timeout=10)
+    return reply, time.monotonic() - started
+
+
 def run(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict]]:
     """Execute `code`; return the reply status and the iopub messages (type + content).
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import (ANSI, error_text, fake_jupyter, install_kernelspec, run, start_kernel, survives_deaths,
-                            text_of)
+from kernel_helpers import (ANSI, error_text, fake_jupyter, install_kernelspec, interrupt_cell, run, running_kernel,
+                            start_kernel, survives_deaths, text_of)
 
 HOSTS = ("hostA", "hostB", "hostC")
 MULTIHOST = Path(os.environ.get("MPI_KERNEL_MULTIHOST_DIR",
@@ -113,10 +113,8 @@ def spec(request, cluster, tmp_path_factory):
 
 @pytest.fixture
 def kernel(spec):
-    km, kc = start_kernel(spec)
-    yield km, kc
-    kc.stop_channels()
-    km.shutdown_kernel(now=False)
+    with running_kernel(spec) as (km, kc):
+        yield km, kc
     assert not wait_hosts_empty(5)
 
 
@@ -145,11 +143,8 @@ def test_status_interrupt_and_timeout_across_hosts(kernel):
     assert status == "ok" and "hostA" in table and "hostB" in table, out
     status, out = run(kc, "%%px --timeout 1\nimport time\ntime.sleep(60)")
     assert status == "error" and "rank" in error_text(out).lower()
-    msg_id = kc.execute("%%px\nimport time\ntime.sleep(60)", stop_on_error=False)
-    time.sleep(1.0)
-    km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=10)
-    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] in ("error", "abort")
+    reply, _ = interrupt_cell(km, kc, "%%px\nimport time\ntime.sleep(60)")
+    assert reply["content"]["status"] in ("error", "abort")
     status, out = run(kc, "%%px\nrank")
     assert status == "ok" and "Out[2:" in text_of(out)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import ANSI, error_text, fake_jupyter, install_kernelspec, run, start_kernel, text_of
+from kernel_helpers import (ANSI, error_text, fake_jupyter, install_kernelspec, interrupt_cell, run, running_kernel,
+                            text_of)
 from mpi_kernel.jupyter import kernelspec
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -122,10 +123,8 @@ def spec(slurm, tmp_path_factory):
 
 @pytest.fixture
 def kernel(spec):
-    km, kc = start_kernel(spec)
-    yield km, kc
-    kc.stop_channels()
-    km.shutdown_kernel(now=False)
+    with running_kernel(spec) as (km, kc):
+        yield km, kc
     left = wait_nothing_left(10)
     assert not left, f"left 10 s after the kernel's shutdown: {left}"
     assert not jobs(wait_empty=5)
@@ -160,14 +159,8 @@ def test_cells_run_on_the_ranks_srun_placed(kernel, slurm):
 
 def test_interrupt_timeout_and_monitor_under_srun(kernel):
     km, kc = kernel
-    msg_id = kc.execute("%%px\nimport time\ntime.sleep(60)", stop_on_error=False)
-    time.sleep(1.0)
-    started = time.monotonic()
-    km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=10)
-    while reply["parent_header"]["msg_id"] != msg_id:  # (a late reply to the start's kernel_info)
-        reply = kc.get_shell_msg(timeout=10)
-    assert reply["content"]["status"] == "error" and time.monotonic() - started < 5, reply
+    reply, took = interrupt_cell(km, kc, "%%px\nimport time\ntime.sleep(60)")
+    assert reply["content"]["status"] == "error" and took < 5, reply
     status, out = run(kc, "%%px --timeout 1\nimport time\ntime.sleep(2)")
     assert status == "error" and "--timeout 1 s expired; still busy: ranks 0-2" in error_text(out), error_text(out)
     time.sleep(1.5)
@@ -211,8 +204,7 @@ def test_a_death_the_job_cannot_survive_restarts_it_at_once(slurm, tmp_path, kil
     if kill.endswith("=0") and not open_mpi():
         pytest.skip("MPICH's ranks survive it (test_a_killed_server_is_reported_in_the_cell...)")
     install_kernelspec(tmp_path, name="mpi-slurm-kill", mpiexec="srun", mpiexec_args=[kill])
-    km, kc = start_kernel("mpi-slurm-kill")
-    try:
+    with running_kernel("mpi-slurm-kill") as (_km, kc):
         started = time.monotonic()
         status, out = run(kc, "%%px --targets 0\nimport os\nos._exit(3)")
         message = error_text(out)
@@ -221,9 +213,6 @@ def test_a_death_the_job_cannot_survive_restarts_it_at_once(slurm, tmp_path, kil
         assert "Every rank's variables are lost" in message and "Under srun" in message, message
         kc.wait_for_ready(timeout=60)
         assert run(kc, "%%px\n1 + 1")[0] == "ok"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
     assert not wait_nothing_left(10)
 
 
@@ -240,13 +229,9 @@ def test_salloc_asks_for_the_allocation_and_gives_it_back(slurm, tmp_path):
     if slurm == "three-hosts":
         pytest.skip("one node is enough: salloc's allocation is the same on more")
     install_kernelspec(tmp_path, name="mpi-salloc", mpiexec="srun", salloc=["-t", "5", "-J", "mpi-kernel-test"])
-    km, kc = start_kernel("mpi-salloc")
-    try:
+    with running_kernel("mpi-salloc") as (_km, kc):
         assert [line.split()[1:] for line in jobs()] == [["mpi-kernel-test", "RUNNING"]], jobs()
         assert run(kc, "%%px\n1 + 1")[0] == "ok"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
     assert not wait_nothing_left(10)
     assert not jobs(wait_empty=5), "salloc's allocation is still there"
 
@@ -254,12 +239,10 @@ def test_salloc_asks_for_the_allocation_and_gives_it_back(slurm, tmp_path):
 NOTEBOOK = """
 import sys
 sys.path.insert(0, {tests!r})
-from kernel_helpers import run, start_kernel, text_of
-km, kc = start_kernel({name!r})
-status, out = run(kc, "%%px\\nimport os\\nprint(os.environ['SLURM_STEP_ID'])")
-print(status, text_of(out), flush=True)
-kc.stop_channels()
-km.shutdown_kernel(now=False)
+from kernel_helpers import run, running_kernel, text_of
+with running_kernel({name!r}) as (km, kc):
+    status, out = run(kc, "%%px\\nimport os\\nprint(os.environ['SLURM_STEP_ID'])")
+    print(status, text_of(out), flush=True)
 """
 
 
