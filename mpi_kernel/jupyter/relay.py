@@ -86,6 +86,7 @@ class Relay:
         self.counts: dict[str, int] = {}  # msg_id -> execution count, from the kernel's execute_input
         self.held: list[list[bytes]] = []  # control messages that came while detached
         self.subscribed = False  # the back iopub's subscription has reached the kernel
+        self.failure: dict | None = None  # standing in for a kernel that cannot start (stand_in)
         self.attached_at = 0.0
         kinds = {"shell": zmq.ROUTER, "control": zmq.ROUTER, "stdin": zmq.ROUTER, "iopub": zmq.XPUB}
         for channel, kind in kinds.items():
@@ -143,7 +144,7 @@ class Relay:
     def sockets(self) -> list[zmq.Socket]:
         """What the supervisor's loop should poll now."""
         if not self.attached:
-            return [self.front["control"], self.front["iopub"]]
+            return [self.front["control"], self.front["iopub"], *([self.front["shell"]] if self.failure else [])]
         if not self.subscribed and time.monotonic() < self.attached_at + WELCOME_WAIT:
             return [self.front["iopub"], *self.back.values()]
         return [*self.front.values(), *self.back.values()]
@@ -187,6 +188,9 @@ class Relay:
     def _from_frontend(self, channel: str, frames: list[bytes]) -> list[tuple[str, Any]]:
         if self.attached:
             self.back[channel].send_multipart(frames)
+        elif self.failure is not None and mentions(frames, b"kernel_info_request", b"execute_request"):
+            self._answer_failed(channel, frames)
+            return []
         events = []
         if channel in ("shell", "control") and mentions(frames, b"execute_request", b"shutdown_request"):
             idents, header, _ = split(frames)
@@ -229,6 +233,30 @@ class Relay:
         count = len(self.executing)
         self.executing, self.counts = {}, {}
         return count
+
+    def stand_in(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        """Answer as the kernel from now on, with this error for every cell: the job cannot
+        start until the kernelspec is fixed, and a kernel that died would leave the reason in
+        the server's log only (and Jupyter would start it again, in vain)."""
+        self.failure = {"ename": ename, "evalue": evalue, "traceback": traceback}
+        self.publish_status("idle")
+
+    def _answer_failed(self, channel: str, frames: list[bytes]) -> None:
+        idents, header, _ = split(frames)
+        if header.get("msg_type") == "kernel_info_request":
+            self.session.send(self.front[channel], "kernel_info_reply", {
+                "status": "ok", "protocol_version": "5.3", "implementation": "mpi_kernel",
+                "implementation_version": "", "banner": self.failure["evalue"],
+                "language_info": {"name": "python"}}, parent=header, ident=idents)
+            return
+        if header.get("msg_type") != "execute_request":
+            return
+        self.publish_status("busy", header)
+        self.session.send(self.front["iopub"], "error", self.failure, parent=header)
+        self.session.send(self.front[channel], "execute_reply",
+                          {"status": "error", "execution_count": None, **self.failure},
+                          parent=header, ident=idents)
+        self.publish_status("idle", header)
 
     def publish_status(self, state: str, parent: dict | None = None) -> None:
         self.session.send(self.front["iopub"], "status", {"execution_state": state}, parent=parent)

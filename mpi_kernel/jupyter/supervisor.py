@@ -50,6 +50,8 @@ LAUNCH_RETRIES = 2
 # checks say so themselves: this is for failures inside MPI_Init).
 START_HINTS = {"unsupported PMI version PMIx": "MPICH does not speak srun's --mpi=pmix: use --mpi=pmi2 "
                                               "(python -m mpi_kernel install --launcher slurm writes it)"}
+# How a rank says that its world cannot host the kernel (__main__.py): no new start helps.
+CANNOT_START = "mpi_kernel: error:"
 # A job may span hosts when its launcher line names hosts, or a batch system or hostfile
 # variable is set (MPICH's mpiexec reads PBS_NODEFILE and HYDRA_HOST_FILE by itself).
 HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfile", "-machinefile",
@@ -107,6 +109,7 @@ class Supervisor:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.launch_retries = LAUNCH_RETRIES
         self.stop_deadline: float | None = None  # set once Jupyter asked for a shutdown
+        self.standing_in = False  # the job cannot start: the relay answers cells with why
         self.terminate_reason: str | None = None
         self.parent = os.getppid()
 
@@ -243,9 +246,30 @@ class Supervisor:
             self.stop_deadline = time.monotonic()
             self.terminate_reason = "Jupyter shut the kernel down while the job was starting"
 
+    def _not_started(self, code: int | None) -> int | None:
+        """The job ended before the kernel rank called back. A cause that starting again cannot
+        cure (the kernel's own check of its world, or a known MPI_Init failure) is told in every
+        cell until Jupyter restarts the kernel; otherwise the supervisor exits, and Jupyter's
+        restarter may try again."""
+        hints = [hint for text, hint in START_HINTS.items() if any(text in line for line in self.tail)]
+        said = [line[line.index(CANNOT_START):] for line in self.tail if CANNOT_START in line]
+        log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
+                  "is above%s", code, "".join(f". {hint}" for hint in hints))
+        lines = [f"{deaths.ERROR_NAME}: the MPI job ended before the kernel started (launcher exit "
+                 f"{code}).", *said, *hints]
+        self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", lines)
+        if not (said or hints):
+            return code or 1
+        self.relay.stand_in(deaths.ERROR_NAME, "the MPI job cannot start", [
+            *lines, "Fix the kernelspec (python -m mpi_kernel install ...), then restart the kernel."])
+        self.standing_in = True
+        return None
+
     def _check_job(self) -> int | None:
         """Handle a job that has ended; the exit status to return, or None to go on."""
         job = self.job
+        if self.standing_in:
+            return None
         if job.doomed is not None and time.monotonic() > job.doomed and job.proc.poll() is None:
             job.doomed = None
             dead = next(e for e in reversed(job.ended) if e.get("rank") != job.hello["rank"])
@@ -272,13 +296,7 @@ class Supervisor:
             self.start_job()
             return None
         if job.hello is None:
-            hints = [hint for text, hint in START_HINTS.items() if any(text in line for line in self.tail)]
-            log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
-                      "is above%s", code, "".join(f". {hint}" for hint in hints))
-            self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", [
-                f"{deaths.ERROR_NAME}: the MPI job ended before the kernel started (launcher exit "
-                f"{code}); its output is in the Jupyter server's log.", *hints])
-            return code or 1
+            return self._not_started(code)
         restarting = self.relaunch
         client_rank = job.hello.get("rank")
         ended = [e for e in job.ended if e not in job.survived] or job.ended

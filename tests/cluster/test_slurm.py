@@ -267,3 +267,14 @@ def test_a_wrong_srun_mpi_says_which_one_this_mpi_needs(slurm):
     assert proc.returncode != 0
     needs = "MPICH's wheel needs srun --mpi=pmi2, Open MPI's srun --mpi=pmix"
     assert proc.stderr.count(needs) == 1, proc.stderr  # once, not once per rank
+
+
+def test_a_kernel_with_the_wrong_srun_mpi_says_the_fix_in_the_cell(slurm, tmp_path):
+    if slurm == "three-hosts":
+        pytest.skip("one node is enough")
+    install_kernelspec(tmp_path, name="mpi-slurm-none", mpiexec="srun", mpiexec_args=["--mpi=none"])
+    with running_kernel("mpi-slurm-none") as (_km, kc):
+        status, out = run(kc, "%%px\n1 + 1")
+        text = error_text(out)
+        assert status == "error" and "MPICH's wheel needs srun --mpi=pmi2, Open MPI's srun --mpi=pmix" in text, text
+    assert not wait_nothing_left(10)

@@ -107,11 +107,34 @@ def test_a_launcher_that_fails_ends_the_supervisor_with_its_reason(tmp_path):
     assert "the MPI job ended before the kernel started (launcher exit 1)" in proc.stderr
 
 
-def test_a_kernel_started_without_a_launcher_says_how_to_start_it(tmp_path):
-    # One process is a world of size 1: the rank says why it cannot serve, the supervisor exits.
-    proc = supervise(tmp_path, sys.executable, "-m", "mpi_kernel", "--kernel")
-    assert proc.returncode == 2
-    assert "needs at least 2 MPI processes" in proc.stderr
+# A "launcher" that starts one process: a world of size 1, as the launcher of another MPI
+# gives, or srun with the wrong --mpi.
+NOT_A_LAUNCHER = """#!/bin/sh
+[ "$1" = --version ] && { echo "not an MPI launcher"; exit 0; }
+shift 2  # -n N
+exec "$@"
+"""
+
+
+def test_a_job_that_cannot_start_says_why_in_every_cell_until_a_restart(tmp_path):
+    """The rank says why it cannot serve; the supervisor stands in for the kernel and puts
+    that in each cell (a kernel that died would leave it in the server's log only)."""
+    fake = tmp_path / "mpiexec"
+    fake.write_text(NOT_A_LAUNCHER)
+    fake.chmod(0o755)
+    install_kernelspec(tmp_path / "prefix", name="mpi-cannot-start", mpiexec=str(fake))
+    km, kc = start_kernel("mpi-cannot-start")
+    try:
+        for _ in range(2):
+            status, out = run(kc, "1 + 1")
+            text = error_text(out)
+            assert status == "error" and "the MPI job ended before the kernel started" in text, text
+            assert "mpi_kernel: error: mpi-kernel needs at least 2 MPI processes" in text, text
+            assert "then restart the kernel" in text, text
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert not km.is_alive()
 
 
 def test_supervise_without_a_launcher_is_a_usage_error(tmp_path):
