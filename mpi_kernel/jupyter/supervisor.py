@@ -256,7 +256,7 @@ class Supervisor:
         log.error("the MPI job ended before the kernel started (launcher exit %s); its output "
                   "is above%s", code, "".join(f". {hint}" for hint in hints))
         lines = [f"{deaths.ERROR_NAME}: the MPI job ended before the kernel started (launcher exit "
-                 f"{code}).", *said, *hints]
+                 f"{code}); its output is in the Jupyter server's log.", *said, *hints]
         self.relay.fail_executing(deaths.ERROR_NAME, "the MPI job did not start", lines)
         if not (said or hints):
             return code or 1
