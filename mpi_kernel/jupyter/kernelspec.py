@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
+from ..framework import protocol
 from . import link
 
 DEFAULT_NAME = "mpi"
@@ -61,7 +62,7 @@ def launcher_flags(mpiexec: str, survive: bool | None = None, user_args: tuple[s
         return srun_flags(survive, user_args)
     family = mpi_family(mpiexec)
     if family == "Open MPI":
-        return ("-x", link.ENV, "-x", "MPI_KERNEL_SURVIVE", "--with-ft", "ulfm") if survive else ("-x", link.ENV)
+        return ("-x", link.ENV, "-x", protocol.SURVIVE, "--with-ft", "ulfm") if survive else ("-x", link.ENV)
     return ("-disable-auto-cleanup",) if survive is not False and family == "MPICH" else ()
 
 

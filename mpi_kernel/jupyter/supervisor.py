@@ -58,8 +58,6 @@ HOST_OPTIONS = {"-host", "-hosts", "--host", "-H", "-f", "-hostfile", "--hostfil
                 "--machinefile", "--default-hostfile", "-launcher", "-launcher-exec", "-bootstrap"}
 # Launcher options that keep the other ranks running when one dies (MPICH's hydra).
 SURVIVE_OPTIONS = {"-disable-auto-cleanup", "--disable-auto-cleanup"}
-# srun keeps a step whose task died unless told to kill it (-K, --kill-on-bad-exit), or
-# unless Open MPI's PMIx ends it.
 # A job whose launcher keeps the other ranks waiting for a dead one without ever ending
 # (srun without --kill-on-bad-exit, under Open MPI) is ended this long after the death.
 DOOMED_GRACE = 1.0
@@ -464,6 +462,7 @@ def srun_overlaps(launcher: list[str]) -> bool:
 
 
 def _kills_on_bad_exit(arg: str) -> bool:
+    """Whether an srun option ends the step when a task dies (srun keeps it by default)."""
     name, _, value = arg.partition("=")
     if name == "--kill-on-bad-exit":
         return value != "0"
