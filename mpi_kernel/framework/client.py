@@ -192,13 +192,27 @@ class MPICommandClient(Configurable):
         """
         mode = protocol.command_mode(command)
         parameters = protocol.check_parameters(parameters)
-        ids = self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
-        if not block:
-            return ids
-        self._pump.wait_for(ids, None)
-        with self._lock:
-            responses = self._book.responses
-            return [responses[i] for i in ids]
+        if block:
+            return self._request(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+        return self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+
+    def _request(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
+                 target: Any) -> list[dict]:
+        """A blocking request: its responses (kept in the book, as the guide's are). To idle
+        servers with nothing queued it takes the pump's fast path; else it queues and waits."""
+        self._require_running()
+        ranks = protocol.check_targets(target, self._servers)
+        pump = self._pump
+        with transport.DeferredSigint():
+            with self._lock:
+                ids = pump.send_now(kind, command, mode, parameters, payload, ranks)
+            done = ids is not None and pump.wait_now(ids)
+        if ids is None:
+            ids = pump.queue(kind, command, mode, parameters, [(rank, payload) for rank in ranks or [None]])
+        if not done:
+            pump.wait_for(ids, None)
+        responses = self._book.responses
+        return [responses[i] for i in ids]
 
     def get_command_response(self, command_request_id_list: Iterable[int], block: bool = False,
                              verbose: bool = True, timeout: float | None = None) -> list[dict]:

@@ -195,10 +195,14 @@ class FdCapture:
 
     def drain(self) -> None:
         self._fflush(None)
-        with self._lock:  # taken even when nothing is ready: the thread may be mid-delivery
-            for read, _ in self._poll.poll(0):
-                if read in self._pipes:
-                    self._read(read)
+        ready = self._poll.poll(0)
+        # Nothing ready and the lock free: nothing is left (on every request's path). Else take
+        # the lock, even with nothing ready: the thread may have read the pipe and be delivering.
+        if ready or self._lock.locked():
+            with self._lock:
+                for read, _ in ready or self._poll.poll(0):
+                    if read in self._pipes:
+                        self._read(read)
 
     def _watch(self) -> None:
         # A poll object of its own: drain() polls self._poll from the main thread meanwhile,

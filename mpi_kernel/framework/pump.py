@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -27,6 +28,9 @@ log = logging.getLogger("mpi_kernel.client")
 ANY_SOURCE, ANY_TAG = transport.MPI.ANY_SOURCE, transport.MPI.ANY_TAG
 # The service thread leaves the pumping to a thread that waited this recently (seconds).
 SERVICE_GRACE = 5e-3
+# The fast path probes directly this long (seconds) before the general wait takes over: the
+# spin phase of transport.Backoff, after which a wait sleeps anyway.
+QUICK_WAIT = 1e-3
 StreamCallback = Callable[[int, "int | None", str, str], None]
 
 
@@ -140,10 +144,30 @@ class Pump:
 
         Call with the lock held. Returns True if anything arrived.
         """
-        got_any = False
         answered: list[int] = []  # servers that may take their next request now
+        got_any = self.receive_all(answered)
+        if answered:
+            self.dispatch(answered)
+        if self.sends and transport.complete([r for rs in self.sends.values() for r in rs], 1e-3):
+            self.sends = {}  # the buffers they kept alive may go now
+        self.tick()
+        return got_any
+
+    def tick(self) -> None:
+        """Run the monitor if it is due (every 10 ms at most). Call with the lock held."""
+        if self.monitoring:
+            now = time.monotonic()
+            if now >= self._next_tick:
+                self._next_tick = now + 0.01
+                self._run_monitor(now)
+
+    def receive_all(self, answered: list[int]) -> bool:
+        """Receive and route every waiting message: responses into the book (their servers
+        appended to `answered`), events to their handlers. Call with the lock held (callers
+        on the main thread hold a DeferredSigint, so a matched message is never lost).
+        Returns True if anything arrived."""
+        got_any = False
         status, comm, answer = self._status, self.comm, self.book.answer
-        # Callers on the main thread hold a DeferredSigint, so a matched message is never lost.
         while True:
             try:
                 msg = comm.improbe(ANY_SOURCE, ANY_TAG, status)
@@ -151,7 +175,7 @@ class Pump:
                 transport.acknowledge(comm, exc)    # until it is acknowledged
                 continue
             if msg is None:
-                break
+                return got_any
             got_any = True
             source, tag = status.Get_source(), status.Get_tag()
             try:
@@ -172,15 +196,89 @@ class Pump:
                 self._on_event(source, *message)
             else:
                 log.error("unexpected message with tag %d from rank %d dropped", tag, source)
-        if answered:
-            self.dispatch(answered)
-        if self.sends and transport.complete([r for rs in self.sends.values() for r in rs], 1e-3):
-            self.sends = {}  # the buffers they kept alive may go now
-        now = time.monotonic()
-        if self.monitoring and now >= self._next_tick:
-            self._next_tick = now + 0.01
-            self._run_monitor(now)
-        return got_any
+
+    # -- the fast path -------------------------------------------------------------------------
+    # A blocking request to idle servers with nothing queued is sent at once and waited for
+    # by probing directly: no queue, no dispatch, no general wait. It leaves the same records
+    # as the queue would. After QUICK_WAIT without all the answers the general wait takes
+    # over (the monitor, timeouts, sleeping backoff), so only the quick case is different.
+
+    def send_now(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
+                 ranks: list[int] | None) -> list[int] | None:
+        """Send a request to each of `ranks` (None: the first free server) now, if every one
+        is free and responsive and nothing is queued: the ids. None when that is not so (the
+        caller queues them). Call with the lock held, and a DeferredSigint."""
+        book = self.book
+        if book.encoded:  # something waits already: it goes first
+            return None
+        inflight, table = book.inflight, self.monitor.table
+        if ranks is None:
+            free = [r for r in self.servers if inflight[r] is None and not table[r].timed_out]
+            if not free:
+                return None
+            ranks = free[:1]
+        else:
+            for rank in ranks:
+                if inflight[rank] is not None or table[rank].timed_out:
+                    return None
+            if len(ranks) > 1 and len(set(ranks)) < len(ranks):  # [0, 0]: the second one queues
+                return None
+        counter, plain = self.ids, payload is None
+        messages = []
+        for rank in ranks:  # all pickled before any is sent, as in queue()
+            request_id = next(counter)
+            try:
+                messages.append((rank, request_id, transport.encode(
+                    (kind, request_id, command, mode, payload), plain=plain)))
+            except Exception as exc:
+                raise unpicklable(command, exc) from exc
+        now, comm, add_sent = time.time(), self.comm, book.add_sent
+        for rank, request_id, message in messages:
+            add_sent(kind, request_id, command, mode, parameters, rank, now)
+            try:
+                sends = transport.send_encoded(comm, message, rank, Tag.REQUEST, wait=False)
+            except transport.MPI.Exception as exc:  # it died (ULFM): its death report fails it
+                transport.acknowledge(comm, exc)
+                continue
+            if sends:
+                self.sends.setdefault(rank, []).extend(sends)
+        return [request_id for _, request_id, _ in messages]
+
+    def wait_now(self, ids: list[int]) -> bool:
+        """Wait up to QUICK_WAIT for the responses of `ids` sent by send_now, probing directly;
+        True when all have come. Call with a DeferredSigint (an interrupt surfaces after it)."""
+        responses, lock, iprobe = self.book.responses, self.lock, self.comm.Iprobe
+        hot = self._hot_poll()
+        start = time.monotonic()
+        self._waiters += 1  # keeps the service thread from competing for the lock
+        try:
+            while True:
+                try:
+                    waiting = iprobe(ANY_SOURCE, ANY_TAG)
+                except transport.MPI.Exception:  # a death (ULFM): the general wait acknowledges it
+                    return False
+                if waiting:
+                    answered: list[int] = []
+                    with lock:
+                        self.receive_all(answered)
+                        if answered and self.book.encoded:  # another thread queued meanwhile
+                            self.dispatch(answered)
+                    for request_id in ids:
+                        if request_id not in responses:
+                            break
+                    else:
+                        with lock:
+                            self.tick()
+                        return True
+                    continue
+                elapsed = time.monotonic() - start
+                if elapsed > QUICK_WAIT:
+                    return False
+                if elapsed > hot:
+                    os.sched_yield()
+        finally:
+            self._waiters -= 1
+            self._waited_at = time.monotonic()
 
     def server_died(self, server: int, reason: str) -> list[int]:
         """`server`'s process ended: its requests fail with `reason` (the ids), it gets no

@@ -41,6 +41,15 @@ class RequestBook:
                                      "status": protocol.HOLDING_QUEUE}
         (self.any_queue if server is None else self.queues[server]).append(request_id)
 
+    def add_sent(self, kind: str, request_id: int, command: str, mode: str, parameters: Any,
+                 server: int, now: float) -> None:
+        """Record a request sent to `server` at once (the fast path: it was free and nothing
+        was queued): the record add and take_next would have left."""
+        self.requests[request_id] = {"kind": kind, "id": request_id, "command": command, "mode": mode,
+                                     "parameters": parameters, "server": server,
+                                     "status": protocol.REQUEST_SENT, "sent_at": now}
+        self.inflight[server] = request_id
+
     def take_next(self, server: int, now: float) -> tuple[int, Any] | None:
         """The next request for `server` if it is free: its own queue first, then any
         server's. It is recorded as sent; the caller sends the message."""

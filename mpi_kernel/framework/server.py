@@ -281,19 +281,19 @@ class MPICommandServer:
                        self.env.client_rank, Tag.RESPONSE)
 
     def _run_command(self, request_id: int, command: str, mode: str, params: dict | None) -> Reply:
-        return self._run(request_id, command, lambda: self._execute(command, mode), params)
+        return self._run(request_id, command, self._execute, (command, mode), params)
 
     def _run_cell(self, request_id: int, source: str, mode: str, options: dict) -> Reply:
-        return self._run(request_id, source, lambda: self._execute_cell(source, options), cell=options)
+        return self._run(request_id, source, self._execute_cell, (source, options), cell=options)
 
     def _run_calls(self, request_id: int, label: str, mode: str, payload: tuple[bytes, list]) -> Reply:
         """A view's task: a pickled function called on each (args, kwargs) of `payload`."""
-        return self._run(request_id, label, lambda: self._execute_calls(*payload))
+        return self._run(request_id, label, self._execute_calls, payload)
 
-    def _run(self, request_id: int, command: str, body: Any, params: dict | None = None,
+    def _run(self, request_id: int, command: str, body: Callable, args: tuple, params: dict | None = None,
              cell: dict | None = None) -> Reply:
-        """Run `body` for a request (a command, a %%px cell with `cell` options, a view's
-        task): parameters, output capture, the reply."""
+        """Run `body(*args)` for a request (a command, a %%px cell with `cell` options, a
+        view's task): parameters, output capture, the reply."""
         namespace = self.namespace
         if params:
             saved = {k: namespace[k] for k in params if k in namespace}
@@ -307,7 +307,7 @@ class MPICommandServer:
             self._in_body = True
             if local:
                 self.worlds.select(True)
-            ret = body()
+            ret = body(*args)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are results too
             self._in_body = False
             ok, tb = False, self._format_traceback(exc, command, cell is not None)
