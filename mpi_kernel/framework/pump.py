@@ -162,40 +162,46 @@ class Pump:
                 self._run_monitor(now)
 
     def receive_all(self, answered: list[int]) -> bool:
-        """Receive and route every waiting message: responses into the book (their servers
-        appended to `answered`), events to their handlers. Call with the lock held (callers
-        on the main thread hold a DeferredSigint, so a matched message is never lost).
+        """Receive and route every waiting message (receive_one). Call with the lock held.
         Returns True if anything arrived."""
         got_any = False
-        status, comm, answer = self._status, self.comm, self.book.answer
-        while True:
-            try:
-                msg = comm.improbe(ANY_SOURCE, ANY_TAG, status)
-            except transport.MPI.Exception as exc:  # a death, under Open MPI's ULFM: probes fail
-                transport.acknowledge(comm, exc)    # until it is acknowledged
-                continue
-            if msg is None:
-                return got_any
+        while self.receive_one(answered):
             got_any = True
-            source, tag = status.Get_source(), status.Get_tag()
-            try:
-                message = transport.receive(comm, msg, status)
-            except transport.DecodeError as exc:
-                message = self._undecodable(source, tag, exc)
-            if message is None:
-                continue
-            if tag == Tag.RESPONSE:
-                response = answer(source, message)
-                answered.append(source)
-                if response is None:  # the server is free again all the same
-                    log.info("response to a forgotten request from server %d dropped", source)
-                elif not response["successful"]:  # (no debug line for a success: the hot path)
-                    log.info("command request with id %d failed in server n# %d with traceback %s",
-                             response["id"], source, response["traceback"])
-            elif tag == Tag.EVENT:
-                self._on_event(source, *message)
-            else:
-                log.error("unexpected message with tag %d from rank %d dropped", tag, source)
+        return got_any
+
+    def receive_one(self, answered: list[int]) -> bool:
+        """Receive and route one waiting message: a response into the book (its server
+        appended to `answered`), an event to its handler. False when none waits. Call with
+        the lock held (callers on the main thread hold a DeferredSigint, so a matched
+        message is never lost)."""
+        status, comm = self._status, self.comm
+        try:
+            msg = comm.improbe(ANY_SOURCE, ANY_TAG, status)
+        except transport.MPI.Exception as exc:  # a death, under Open MPI's ULFM: probes fail
+            transport.acknowledge(comm, exc)    # until it is acknowledged
+            return True
+        if msg is None:
+            return False
+        source, tag = status.Get_source(), status.Get_tag()
+        try:
+            message = transport.receive(comm, msg, status)
+        except transport.DecodeError as exc:
+            message = self._undecodable(source, tag, exc)
+        if message is None:
+            return True
+        if tag == Tag.RESPONSE:
+            response = self.book.answer(source, message)
+            answered.append(source)
+            if response is None:  # the server is free again all the same
+                log.info("response to a forgotten request from server %d dropped", source)
+            elif not response["successful"]:  # (no debug line for a success: the hot path)
+                log.info("command request with id %d failed in server n# %d with traceback %s",
+                         response["id"], source, response["traceback"])
+        elif tag == Tag.EVENT:
+            self._on_event(source, *message)
+        else:
+            log.error("unexpected message with tag %d from rank %d dropped", tag, source)
+        return True
 
     # -- the fast path -------------------------------------------------------------------------
     # A blocking request to idle servers with nothing queued is sent at once and waited for
@@ -244,6 +250,13 @@ class Pump:
                 self.sends.setdefault(rank, []).extend(sends)
         return [request_id for _, request_id, _ in messages]
 
+    @staticmethod
+    def _answered(ids: list[int], responses: dict[int, dict]) -> bool:
+        for request_id in ids:
+            if request_id not in responses:
+                return False
+        return True
+
     def wait_now(self, ids: list[int]) -> bool:
         """Wait up to QUICK_WAIT for the responses of `ids` sent by send_now, probing directly;
         True when all have come. Call with a DeferredSigint (an interrupt surfaces after it)."""
@@ -258,18 +271,15 @@ class Pump:
                 except transport.MPI.Exception:  # a death (ULFM): the general wait acknowledges it
                     return False
                 if waiting:
-                    answered: list[int] = []
-                    with lock:
-                        self.receive_all(answered)
+                    with lock:  # one message at a time: no probe after the last answer
+                        answered: list[int] = []
+                        while self.receive_one(answered) and not self._answered(ids, responses):
+                            pass
                         if answered and self.book.encoded:  # another thread queued meanwhile
                             self.dispatch(answered)
-                    for request_id in ids:
-                        if request_id not in responses:
-                            break
-                    else:
-                        with lock:
+                        if self._answered(ids, responses):
                             self.tick()
-                        return True
+                            return True
                     continue
                 elapsed = time.monotonic() - start
                 if elapsed > QUICK_WAIT:
