@@ -68,8 +68,8 @@ for _ in range(n):
     kind, rid, command, mode, payload = W.recv(source=client, tag=77)
     W.send((rid, eval(code, {}), True, None, 0.0, 0.0, "", ""), dest=client, tag=77)
 """
-# Counts the bytecodes a thread runs, its waits (transport.Backoff.wait) left out: the
-# deterministic part of a request's cost. Run on the server as a command and on the client
+# Counts the bytecodes a thread runs, its waits (transport.Backoff.wait, the fast path's
+# Pump.spin) left out: the deterministic part of a request's cost. Run on the server as a command and on the client
 # by exec, so both sides count alike.
 BYTECODE_COUNTER = """
 import sys
@@ -80,7 +80,7 @@ def _trace(frame, event, arg):
         if event == "opcode":
             _ops[0] += 1
         return local
-    return None if frame.f_code.co_name == "wait" else local
+    return None if frame.f_code.co_name in ("wait", "spin") else local
 """
 
 

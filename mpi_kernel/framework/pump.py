@@ -260,35 +260,40 @@ class Pump:
     def wait_now(self, ids: list[int]) -> bool:
         """Wait up to QUICK_WAIT for the responses of `ids` sent by send_now, probing directly;
         True when all have come. Call with a DeferredSigint (an interrupt surfaces after it)."""
-        responses, lock, iprobe = self.book.responses, self.lock, self.comm.Iprobe
-        hot = self._hot_poll()
+        responses, lock = self.book.responses, self.lock
         start = time.monotonic()
         self._waiters += 1  # keeps the service thread from competing for the lock
         try:
-            while True:
-                try:
-                    waiting = iprobe(ANY_SOURCE, ANY_TAG)
-                except transport.MPI.Exception:  # a death (ULFM): the general wait acknowledges it
-                    return False
-                if waiting:
-                    with lock:  # one message at a time: no probe after the last answer
-                        answered: list[int] = []
-                        while self.receive_one(answered) and not self._answered(ids, responses):
-                            pass
-                        if answered and self.book.encoded:  # another thread queued meanwhile
-                            self.dispatch(answered)
-                        if self._answered(ids, responses):
-                            self.tick()
-                            return True
-                    continue
-                elapsed = time.monotonic() - start
-                if elapsed > QUICK_WAIT:
-                    return False
-                if elapsed > hot:
-                    os.sched_yield()
+            while self.spin(start):
+                with lock:  # one message at a time: no probe after the last answer
+                    answered: list[int] = []
+                    while self.receive_one(answered) and not self._answered(ids, responses):
+                        pass
+                    if answered and self.book.encoded:  # another thread queued meanwhile
+                        self.dispatch(answered)
+                    if self._answered(ids, responses):
+                        self.tick()
+                        return True
+            return False
         finally:
             self._waiters -= 1
             self._waited_at = time.monotonic()
+
+    def spin(self, start: float) -> bool:
+        """Probe until a message waits (True) or QUICK_WAIT has passed since `start` (False);
+        without yielding the core for the first _hot_poll() seconds."""
+        iprobe, hot = self.comm.Iprobe, self._hot_poll()
+        while True:
+            try:
+                if iprobe(ANY_SOURCE, ANY_TAG):
+                    return True
+            except transport.MPI.Exception:  # a death (ULFM): the general wait acknowledges it
+                return False
+            elapsed = time.monotonic() - start
+            if elapsed > QUICK_WAIT:
+                return False
+            if elapsed > hot:
+                os.sched_yield()
 
     def server_died(self, server: int, reason: str) -> list[int]:
         """`server`'s process ended: its requests fail with `reason` (the ids), it gets no

@@ -77,6 +77,49 @@ def test_any_target_uses_idle_servers(job):
     assert last_json(out) == [0, 1, 2]
 
 
+def test_the_fast_path_leaves_the_queued_paths_records_and_falls_back_to_it(job):
+    """A blocking request to an idle server is sent at once (pump.send_now): its records are
+    those the queue leaves; behind busy work it queues; past the quick wait the general wait
+    takes over, where Ctrl-C surfaces and the request stays recorded."""
+    out = job(r"""
+        import json, threading
+        c = MPICommandClient()
+        c.start_services()
+
+        def same(a, b):  # records and responses, ids and times aside
+            drop = ("id", "command_start_time", "command_stop_time")
+            return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+        (fast,) = c.push_command_request("y + 1", True, 0, {"y": 1})
+        ids = c.push_command_request("y + 1", False, 0, {"y": 1})
+        (queued,) = c.get_command_response(ids, True)
+        records = c.get_command_request_list()
+        alike = [same(fast, queued), same(records[fast["id"]], records[ids[0]]), fast["ret"],
+                 records[fast["id"]]["status"]]
+        fan = [(r["server"], r["ret"]) for r in c.push_command_request("rank", True, [0, 1, 2])]
+        anyone = c.push_command_request("rank", True)[0]["ret"] in (0, 1, 2)
+        slow = c.push_command_request("__import__('time').sleep(0.3) or 'slow'", False, 0)
+        (after,) = c.push_command_request("'after'", True, 0)  # queues behind it
+        (slow_response,) = c.get_command_response(slow, True)
+        fifo = after["command_start_time"] >= slow_response["command_stop_time"]
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            c.push_command_request("__import__('time').sleep(1) or 'late'", True, 1)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        last = max(c.get_command_request_list())
+        status = c.get_command_request_list()[last]["status"]
+        late = c.get_command_response([last], True)[0]["ret"]
+        print(json.dumps([alike, fan, anyone, after["ret"], fifo, interrupted, status, late]))
+    """)
+    alike, fan, anyone, after, fifo, interrupted, status, late = last_json(out)
+    assert alike == [True, True, 2, "response received"]
+    assert fan == [[0, 0], [1, 1], [2, 2]] and anyone
+    assert after == "after" and fifo
+    assert interrupted and status == "request sent" and late == "late"
+
+
 def test_singleton_and_server_side_construction(job):
     out = job("""
         import json
