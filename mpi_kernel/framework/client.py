@@ -537,9 +537,13 @@ class MPICommandClient(Configurable):
 
     def cancel_queued(self, ids: Iterable[int] | None = None) -> list[int]:
         """Cancel requests that are still queued (default: all); they never run, and each gets
-        an unsuccessful response saying so. Returns their ids. Sent requests are not touched
-        (interrupt() stops those)."""
+        an unsuccessful response saying so. Returns their ids. Those a task farm sent ahead to
+        a busy server (requests.AHEAD) are skipped there unless it has started them: their
+        responses come from the server. Running requests are not touched (interrupt() stops those)."""
         with self._lock:
+            ids = None if ids is None else list(ids)
+            for server, ahead in self._book.sent_ahead(ids).items():
+                self._pump.control(server, protocol.SKIP, ahead)
             return self._book.cancel_queued(ids)
 
     def stop(self, ids: Iterable[int] | None = None) -> Stop:

@@ -52,8 +52,9 @@ SURVIVE = "MPI_KERNEL_SURVIVE"
 # Control and event kinds.
 # DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever. EXIT
 # ends a server that cannot stop (it waits for a dead rank), so that it can be replaced.
-START, PING, INTERRUPT, STOP, STACK, DEATH, EXIT = ("start", "ping", "interrupt", "stop", "stack", "death",
-                                                    "exit")
+# SKIP names requests sent ahead to a server that are cancelled: it answers them unrun.
+START, PING, INTERRUPT, STOP, STACK, DEATH, EXIT, SKIP = ("start", "ping", "interrupt", "stop", "stack",
+                                                          "death", "exit", "skip")
 HELLO, PONG, STREAM, LOG, STOPPED, DISPLAY = "hello", "pong", "stream", "log", "stopped", "display"
 
 RESPONSE_KEYS = (
@@ -214,10 +215,12 @@ def response_from_reply(request: dict, server: int, reply: Reply) -> dict:
     }
 
 
+CANCELLED = "KeyboardInterrupt: cancelled while queued; it did not run\n"
+
+
 def cancelled_response(request: dict) -> dict:
     """The response of a request cancelled while still queued: it never ran."""
-    reply = Reply(request["id"], traceback="KeyboardInterrupt: cancelled while queued; it did not run\n")
-    return response_from_reply(request, request["server"], reply)
+    return response_from_reply(request, request["server"], Reply(request["id"], traceback=CANCELLED))
 
 
 def stopped_response(request: dict) -> dict:

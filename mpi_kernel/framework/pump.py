@@ -114,7 +114,8 @@ class Pump:
         return [request_id for _, request_id, _ in messages]
 
     def dispatch(self, servers: Iterable[int]) -> None:
-        """Send the next queued request to each of `servers` that is free and responsive.
+        """Send the next queued requests to each of `servers` that is free (or quick: one
+        to send ahead, requests.AHEAD) and responsive.
 
         Only the servers whose state changed are passed (those just given work, those that
         just answered): looking at all of them after each response made a fan-out's cost
@@ -127,16 +128,17 @@ class Pump:
         for server in servers:
             if table[server].timed_out:
                 continue
-            item = take(server, now)
-            if item is None:
-                continue
-            try:
-                sends = transport.send_encoded(comm, item[1], server, Tag.REQUEST, wait=False)
-            except transport.MPI.Exception as exc:  # it died (ULFM): its death report fails it
-                transport.acknowledge(comm, exc)
-                continue
-            if sends:
-                self.sends.setdefault(server, []).extend(sends)
+            while True:  # one to run, then any to send ahead (requests.AHEAD)
+                item = take(server, now)
+                if item is None:
+                    break
+                try:
+                    sends = transport.send_encoded(comm, item[1], server, Tag.REQUEST, wait=False)
+                except transport.MPI.Exception as exc:  # it died (ULFM): its death report fails it
+                    transport.acknowledge(comm, exc)
+                    break
+                if sends:
+                    self.sends.setdefault(server, []).extend(sends)
 
     # -- receiving -------------------------------------------------------------------------
     def pump(self) -> bool:

@@ -8,7 +8,12 @@ client's lock held; nothing here locks.
 A request is queued (HOLDING_QUEUE) for one server or for any, sent to a server that is
 free (REQUEST_SENT), then answered (RESPONSE_RECEIVED) by its reply, by a cancel, by the
 services' stop, or provisionally (TIMEOUT) while its server does not answer the monitor.
-Each server runs at most one request at a time.
+Each server runs at most one request at a time, in the order it was sent them.
+
+Requests for any server (a task farm's) are also sent ahead to a busy server whose last
+request was quick (AHEAD): it then finds its next one waiting instead of idling while the
+client takes the answer and sends more. A request sent ahead that its server never started
+goes back to the queue if the server dies, and is skipped by the server if cancelled.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ from . import protocol
 from .protocol import as_reply
 
 FORGOTTEN = "forgotten"  # the key of a record whose response is dropped when it comes
+# How many requests a server may have in flight (the running one included) by how long its
+# last one took: (under seconds, depth). The client's turn between an answer and the next
+# send is 10-50 us here, so tasks under 100 us need several waiting; up to 5 ms one hides it.
+# Longer tasks would gain under 1% and only unbalance the end of a map: one at a time.
+AHEAD = ((100e-6, 4), (5e-3, 2))
 
 
 class RequestBook:
@@ -28,8 +38,11 @@ class RequestBook:
         self.responses: dict[int, dict] = {}
         self.queues: dict[int, collections.deque[int]] = {s: collections.deque() for s in servers}
         self.any_queue: collections.deque[int] = collections.deque()
-        self.inflight: dict[int, int | None] = {s: None for s in servers}
+        self.inflight: dict[int, int | None] = {s: None for s in servers}  # what each runs
+        self.ahead: dict[int, collections.deque[int]] = {s: collections.deque() for s in servers}
         self.encoded: dict[int, Any] = {}  # exactly the queued requests: their pickled message
+        self.early: dict[int, Any] = {}  # the pickled message of each request sent ahead
+        self.took: dict[int, float | None] = {s: None for s in servers}  # its last request's run time
 
     # -- in ----------------------------------------------------------------------------------
     def add(self, kind: str, request_id: int, command: str, mode: str, parameters: Any,
@@ -51,19 +64,37 @@ class RequestBook:
         self.inflight[server] = request_id
 
     def take_next(self, server: int, now: float) -> tuple[int, Any] | None:
-        """The next request for `server` if it is free: its own queue first, then any
-        server's. It is recorded as sent; the caller sends the message."""
+        """The next request for `server`: if it is free, from its own queue first, then any
+        server's; if it is busy, one for any server to send ahead (AHEAD). It is recorded as
+        sent; the caller sends the message."""
         inflight = self.inflight
-        if inflight[server] is not None:
-            return None
-        queue = self.queues[server] or self.any_queue
-        if not queue:
+        if inflight[server] is None:
+            queue = self.queues[server] or self.any_queue
+            if not queue:
+                return None
+        elif self.any_queue and not self.queues[server] and len(self.ahead[server]) + 1 < self.depth(server):
+            queue = self.any_queue
+        else:
             return None
         request_id = queue.popleft()
         request = self.requests[request_id]
-        inflight[server] = request_id
+        message = self.encoded.pop(request_id)
+        if inflight[server] is None:
+            inflight[server] = request_id
+        else:
+            self.ahead[server].append(request_id)
+            self.early[request_id] = message
         request["server"], request["status"], request["sent_at"] = server, protocol.REQUEST_SENT, now
-        return request_id, self.encoded.pop(request_id)
+        return request_id, message
+
+    def depth(self, server: int) -> int:
+        """How many requests `server` may have in flight now (AHEAD)."""
+        took = self.took[server]
+        if took is not None:
+            for under, depth in AHEAD:
+                if took < under:
+                    return depth
+        return 1
 
     # -- out ---------------------------------------------------------------------------------
     def answer(self, server: int, message: tuple) -> dict | None:
@@ -74,8 +105,15 @@ class RequestBook:
         # A reply without an id answers the request the server was running (an undecodable
         # result, a request the server could not unpickle): one runs at a time.
         request_id = inflight[server] if reply.request_id is None else reply.request_id
-        if inflight[server] == request_id:
-            inflight[server] = None
+        if inflight[server] == request_id:  # the next one sent ahead runs now
+            ahead = self.ahead[server]
+            inflight[server] = following = ahead.popleft() if ahead else None
+            if following is not None:
+                del self.early[following]
+                if following in self.requests and reply.stop is not None:
+                    self.requests[following]["sent_at"] = reply.stop  # it started then
+        if reply.start is not None and reply.stop is not None:
+            self.took[server] = reply.stop - reply.start
         request = self.requests.get(request_id)
         if request is None or FORGOTTEN in request:
             self.requests.pop(request_id, None)
@@ -121,7 +159,17 @@ class RequestBook:
     def die(self, server: int, reason: str) -> list[int]:
         """`server` died: what it ran, what was queued for it and what it left in timeout get
         a final failed response with `reason`; requests for any server stay queued for the
-        others. Returns their ids."""
+        others, and those sent ahead to it, which it never started, are queued again first.
+        Returns the ids that failed."""
+        ahead = self.ahead[server]
+        while ahead:
+            request_id = ahead.pop()
+            request = self.requests[request_id]
+            request["server"], request["status"] = None, protocol.HOLDING_QUEUE
+            del request["sent_at"]
+            self.responses.pop(request_id, None)  # a provisional timeout response: it runs elsewhere
+            self.encoded[request_id] = self.early.pop(request_id)
+            self.any_queue.appendleft(request_id)
         running = self.inflight[server]
         pending = [i for i, r in self.requests.items()
                    if r["status"] in (protocol.REQUEST_SENT, protocol.HOLDING_QUEUE, protocol.TIMEOUT)
@@ -179,6 +227,12 @@ class RequestBook:
     def unanswered(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{id: assigned server (None while queued for any)} for those of `ids` without a response."""
         return {i: self.requests[i]["server"] for i in ids if i not in self.responses}
+
+    def sent_ahead(self, ids: Iterable[int] | None = None) -> dict[int, list[int]]:
+        """{server: the ids among `ids` (None: all) sent ahead to it and not yet started}."""
+        wanted = None if ids is None else set(ids)
+        return {server: [i for i in ahead if wanted is None or i in wanted]
+                for server, ahead in self.ahead.items() if ahead and (wanted is None or wanted & set(ahead))}
 
     def queued(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{id: its server (None: any)} for those of `ids` not sent yet."""

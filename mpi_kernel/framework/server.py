@@ -117,6 +117,7 @@ class MPICommandServer:
         self._armed = False  # True only while user code runs: SIGINT may raise then
         self._in_body = False  # True while a request's body runs (its preparation included)
         self._interrupt_for: int | None = None  # the request an interrupt was sent for
+        self._skip: set[int] = set()  # requests sent ahead and cancelled (the control thread adds)
         self._serving = False
         self._main = threading.main_thread().ident
         self.capture = OutputCapture(self._send_stream)
@@ -247,7 +248,11 @@ class MPICommandServer:
     def handle(self, request: tuple) -> None:
         """Run one request and send its reply (always exactly one)."""
         kind, request_id, command, mode, payload = request
-        reply = self._runners[kind](request_id, command, mode, payload)
+        if self._skip and request_id in self._skip:  # cancelled after it was sent ahead
+            self._skip.discard(request_id)
+            reply = Reply(request_id, traceback=protocol.CANCELLED)
+        else:
+            reply = self._runners[kind](request_id, command, mode, payload)
         try:
             encoded = transport.encode(tuple(reply), plain=type(reply.ret) in transport.PLAIN)
         except Exception as exc:  # the return value cannot travel back
@@ -435,6 +440,11 @@ class MPICommandServer:
         if current is not None and request_id in (None, current[0]):
             self._interrupt_for = current[0]
             pthread_interrupt(self._main)
+
+    def skip(self, request_ids: list[int]) -> None:
+        """Called by the control thread: answer these requests unrun when they come (the
+        client cancelled them after sending them ahead). One already started runs on."""
+        self._skip.update(request_ids)
 
     def _interrupted(self) -> bool:
         """True once for the request an interrupt was sent for (one KeyboardInterrupt each)."""

@@ -5,7 +5,8 @@ Work still queued is cancelled first: it would otherwise start as soon as its se
 free, after the user asked for everything to stop. Then the servers running the others
 are interrupted (KeyboardInterrupt in their main thread); their queued work for others
 is kept. Each request of a server runs alone, so an interrupt sent for a request never
-reaches a later one (the server checks the id).
+reaches a later one (the server checks the id); cancelled requests that were sent ahead
+to a busy server are skipped there.
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ class Stop:
 
     def running(self) -> list[int]:
         """The servers running one of the requests now."""
+        status = self.client.get_server_status()
         if self.ids is None:
-            return sorted(r for r, s in self.client.get_server_status().items() if s["busy"])
-        return sorted({s for s in self.client.unanswered(self.ids).values() if s is not None})
+            return sorted(r for r, s in status.items() if s["busy"])
+        ids = set(self.ids)  # (not every unanswered one with a server: it may be sent ahead)
+        return sorted(r for r, s in status.items() if s["command_id"] in ids)
 
     def interrupt(self) -> list[int]:
         if self.ids is None:

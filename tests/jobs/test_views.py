@@ -111,6 +111,37 @@ def test_unpicklable_function_is_a_clear_error_and_loses_nothing(job):
     assert ranks == [0, 1, 2]
 
 
+def test_quick_tasks_are_sent_ahead_and_a_stop_skips_those_not_started(job):
+    """After quick tasks each server is sent tasks ahead (requests.AHEAD); a stop skips those
+    it has not started, so a slow task sent ahead never runs after it."""
+    out = job("""
+        import json
+        from mpi_kernel import Client
+        rc = Client()
+        lview = rc.load_balanced_view()
+        def task(x):
+            import time
+            if x >= 300:
+                time.sleep(3)
+            return time.time()
+        ar = lview.map_async(task, range(320))
+        time.sleep(1.0)   # the quick ones are done; each server runs a slow one, more sent ahead
+        statuses = [rc.client.get_command_request_list()[i]["status"] for i in ar.msg_ids]
+        t0 = time.time()
+        ar.abort()
+        results = ar.get(timeout=30, return_exceptions=True)
+        took = time.time() - t0
+        ran_after = [r for r in results if isinstance(r, float) and r > t0]
+        errors = sorted({str(r).splitlines()[-1] for r in results if not isinstance(r, float)})
+        print(json.dumps([statuses.count("request sent"), took, len(ran_after), errors,
+                          sum(isinstance(r, float) for r in results)]))
+    """, timeout=90)
+    sent, took, ran_after, errors, done = last_json(out)
+    assert sent > 3, "no task was sent ahead of the 3 running ones"
+    assert took < 2.5 and ran_after == 0   # no slow task ran after the stop
+    assert done == 300 and any("cancelled while queued" in e for e in errors), errors
+
+
 def test_stop_in_the_notebook_cancels_queued_tasks_and_interrupts_running_ones(tmp_path):
     import time
 

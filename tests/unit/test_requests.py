@@ -130,3 +130,53 @@ def test_a_dead_server_fails_what_it_ran_and_what_waited_for_it_but_not_work_for
     book.forget([5])                               # nobody waits for it: no record is left
     book.die(0, "MPIRankDied: gone too\n")
     assert 5 not in book.requests and 5 not in book.responses
+
+
+def answered_in(book: RequestBook, server: int, request_id: int, seconds: float) -> None:
+    book.answer(server, tuple(Reply(request_id, None, True, None, 100.0, 100.0 + seconds)))
+
+
+def test_requests_for_any_server_are_sent_ahead_by_how_quick_the_last_one_was():
+    book = RequestBook([0])
+    for i in range(1, 12):
+        queued(book, i, None)
+    assert book.take_next(0, 0.0)[0] == 1 and book.take_next(0, 0.0) is None  # its time is unknown
+    answered_in(book, 0, 1, 50e-6)                  # quick: three more may wait behind the running one
+    assert [book.take_next(0, 1.0)[0] for _ in range(4)] == [2, 3, 4, 5] and book.take_next(0, 1.0) is None
+    assert book.running(0)["id"] == 2 and list(book.ahead[0]) == [3, 4, 5]
+    assert all(book.requests[i]["status"] == protocol.REQUEST_SENT for i in (3, 4, 5))
+    answered_in(book, 0, 2, 1e-3)                   # slower: one behind it
+    assert book.running(0)["id"] == 3 and book.requests[3]["sent_at"] == 100.001  # it started then
+    assert book.take_next(0, 2.0) is None           # 4 and 5 already wait
+    answered_in(book, 0, 3, 0.01)                   # slow: nothing more is sent ahead
+    answered_in(book, 0, 4, 0.01)
+    answered_in(book, 0, 5, 0.01)
+    assert book.take_next(0, 3.0)[0] == 6 and book.take_next(0, 3.0) is None
+
+
+def test_requests_for_one_server_are_never_sent_ahead():
+    book = RequestBook([0])
+    for i in (1, 2, 3):
+        queued(book, i, 0)
+    queued(book, 4, None)
+    book.take_next(0, 0.0)
+    answered_in(book, 0, 1, 1e-6)
+    assert book.take_next(0, 0.0)[0] == 2 and book.take_next(0, 0.0) is None  # 3 waits for it to end
+    answered_in(book, 0, 2, 1e-6)
+    assert book.take_next(0, 0.0)[0] == 3 and book.take_next(0, 0.0)[0] == 4  # any server's: ahead
+
+
+def test_what_a_dead_server_was_sent_ahead_is_queued_again_first_and_what_it_ran_fails():
+    book = RequestBook([0, 1])
+    for i in range(1, 6):
+        queued(book, i, None)
+    book.take_next(0, 0.0)
+    answered_in(book, 0, 1, 1e-6)
+    assert [book.take_next(0, 0.0)[0] for _ in range(3)] == [2, 3, 4]
+    assert book.sent_ahead([3, 5]) == {0: [3]} and book.sent_ahead() == {0: [3, 4]}
+    book.time_out(0, 30.0)                          # provisional answers: dropped when queued again
+    assert book.die(0, "MPIRankDied\n") == [2]
+    assert list(book.any_queue) == [3, 4, 5] and not book.ahead[0] and not book.early
+    assert all(book.requests[i]["status"] == protocol.HOLDING_QUEUE and book.requests[i]["server"] is None
+               and i not in book.responses for i in (3, 4))
+    assert book.take_next(1, 0.0) == (3, "message 3")

@@ -20,11 +20,9 @@ class FakeClient:
         self.calls.append(("cancel", ids))
         return ids
 
-    def unanswered(self, ids):
-        return {i: s for i, s in {**self.running, **self.queued}.items() if i in ids}
-
     def get_server_status(self):
-        return {0: {"busy": True}, 1: {"busy": True}, 2: {"busy": False}}
+        return {0: {"busy": True, "command_id": 1}, 1: {"busy": True, "command_id": 2},
+                2: {"busy": False, "command_id": None}}
 
     def interrupt(self, targets=None):
         servers = sorted(set(self.running.values())) if targets is None else targets
