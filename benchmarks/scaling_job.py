@@ -5,8 +5,8 @@ launched with:
 
 `client_cpu_us`: the client process's CPU time per fan-out (both of its threads, waits
 included). `client_work_us`: the same without the CPU its waits burn (the yield-spin and
-wake-ups of transport.Backoff.wait, timed here with the waiting thread's own clock): what
-sending, receiving and bookkeeping cost. `raw_cpu_us`: the client CPU of the same fan-out as
+wake-ups of transport.Backoff.wait and the fast path's Pump.spin, timed here with the waiting
+thread's own clock): what sending, receiving and bookkeeping cost. `raw_cpu_us`: the client CPU of the same fan-out as
 raw mpi4py messages (a pickled send to each server, then a yielding wait for each answer), in
 the same job: the floor set by MPI itself.
 """
@@ -22,16 +22,26 @@ from benchmarks.stats import summarize, timed  # noqa: E402
 from benchmarks.core_job import SERVER_ECHO, TAG  # noqa: E402
 from mpi_kernel import MPICommandClient  # noqa: E402
 from mpi_kernel.framework import transport  # noqa: E402
+from mpi_kernel.framework.pump import Pump  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 waiting = [0.0]
-_wait = transport.Backoff.wait
+_wait, _spin = transport.Backoff.wait, Pump.spin
 
 
 def timed_wait(self: transport.Backoff, probe=None) -> None:  # type: ignore[no-untyped-def]
     t0 = time.thread_time()
     _wait(self, probe)
     waiting[0] += time.thread_time() - t0
+
+
+def timed_spin(self: Pump, start: float) -> bool:
+    """The fast path's probe loop, timed as the general wait is."""
+    t0 = time.thread_time()
+    try:
+        return _spin(self, start)
+    finally:
+        waiting[0] += time.thread_time() - t0
 
 
 def raw_fanout_cpu(client: MPICommandClient, servers: list[int], reps: int) -> float:
@@ -58,7 +68,7 @@ if __name__ == "__main__":
     servers = client.servers()
     reps = int(sys.argv[1])
     samples = timed(lambda: client.push_command_request("1+1", True, servers), reps, 20)
-    transport.Backoff.wait = timed_wait  # after the latency samples: the timing costs a little
+    transport.Backoff.wait, Pump.spin = timed_wait, timed_spin  # after the latency samples: the timing costs a little
     cpu0 = time.process_time()
     for _ in range(reps):
         client.push_command_request("1+1", True, servers)

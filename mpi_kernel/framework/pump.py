@@ -124,21 +124,26 @@ class Pump:
         book = self.book
         if not book.encoded:  # it holds exactly the queued requests
             return
-        table, take, comm, now = self.monitor.table, book.take_next, self.comm, time.time()
+        table, take, now = self.monitor.table, book.take_next, time.time()
         for server in servers:
             if table[server].timed_out:
                 continue
             while True:  # one to run, then any to send ahead (requests.AHEAD)
                 item = take(server, now)
-                if item is None:
+                if item is None or not self._send(server, item[1]):
                     break
-                try:
-                    sends = transport.send_encoded(comm, item[1], server, Tag.REQUEST, wait=False)
-                except transport.MPI.Exception as exc:  # it died (ULFM): its death report fails it
-                    transport.acknowledge(comm, exc)
-                    break
-                if sends:
-                    self.sends.setdefault(server, []).extend(sends)
+
+    def _send(self, server: int, message: tuple[bytes, list]) -> bool:
+        """Send a pickled request; False if `server` died (ULFM says so: its death report
+        fails the request). Large buffers go on in the background (`sends`)."""
+        try:
+            sends = transport.send_encoded(self.comm, message, server, Tag.REQUEST, wait=False)
+        except transport.MPI.Exception as exc:
+            transport.acknowledge(self.comm, exc)
+            return False
+        if sends:
+            self.sends.setdefault(server, []).extend(sends)
+        return True
 
     # -- receiving -------------------------------------------------------------------------
     def pump(self) -> bool:
@@ -240,40 +245,35 @@ class Pump:
                     (kind, request_id, command, mode, payload), plain=plain)))
             except Exception as exc:
                 raise unpicklable(command, exc) from exc
-        now, comm, add_sent = time.time(), self.comm, book.add_sent
+        now = time.time()
         for rank, request_id, message in messages:
-            add_sent(kind, request_id, command, mode, parameters, rank, now)
-            try:
-                sends = transport.send_encoded(comm, message, rank, Tag.REQUEST, wait=False)
-            except transport.MPI.Exception as exc:  # it died (ULFM): its death report fails it
-                transport.acknowledge(comm, exc)
-                continue
-            if sends:
-                self.sends.setdefault(rank, []).extend(sends)
+            book.add_sent(kind, request_id, command, mode, parameters, rank, now)
+            self._send(rank, message)
         return [request_id for _, request_id, _ in messages]
 
     @staticmethod
-    def _answered(ids: list[int], responses: dict[int, dict]) -> bool:
-        for request_id in ids:
-            if request_id not in responses:
-                return False
-        return True
+    def _answered(pending: collections.deque, responses: dict[int, dict]) -> bool:
+        """Drop the answered ids from the front of `pending`; True once it is empty. Each id
+        is dropped once, so a fan-out's checks cost O(N) in all, not O(N) per answer."""
+        while pending and pending[0] in responses:
+            pending.popleft()
+        return not pending
 
     def wait_now(self, ids: list[int]) -> bool:
         """Wait up to QUICK_WAIT for the responses of `ids` sent by send_now, probing directly;
         True when all have come. Call with a DeferredSigint (an interrupt surfaces after it)."""
-        responses, lock = self.book.responses, self.lock
+        responses, lock, pending = self.book.responses, self.lock, collections.deque(ids)
         start = time.monotonic()
         self._waiters += 1  # keeps the service thread from competing for the lock
         try:
             while self.spin(start):
                 with lock:  # one message at a time: no probe after the last answer
                     answered: list[int] = []
-                    while self.receive_one(answered) and not self._answered(ids, responses):
+                    while self.receive_one(answered) and not self._answered(pending, responses):
                         pass
                     if answered and self.book.encoded:  # another thread queued meanwhile
                         self.dispatch(answered)
-                    if self._answered(ids, responses):
+                    if self._answered(pending, responses):
                         self.tick()
                         return True
             return False
