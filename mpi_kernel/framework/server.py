@@ -34,7 +34,6 @@ log = logging.getLogger("mpi_kernel.server")
 # Compiled commands, and the sources kept for tracebacks: bounded by bytes as well as
 # entries, so distinct big commands do not pile up on the servers.
 CODE_CACHE = (1024, 16 << 20)
-HOT_POLL = 20e-6  # seconds a server may busy-poll for its next request (serve)
 
 
 def _user_frames(exc: BaseException, framework_files: set[str]) -> TracebackType | None:
@@ -203,17 +202,12 @@ class MPICommandServer:
         self.control.start()
         comm, client, stopping = self.env.framework, self.env.client_rank, self.control.stopping
         status = transport.MPI.Status()
-        # Busy-poll the first HOT_POLL s when every rank here has a core (as the client's
-        # waits do); with more ranks than cores, only while the client sends its next request
-        # within HOT_POLL of this server's reply (a loop of round trips to it: 1 us quicker
-        # each), not for a fan-out's, which come later and whose spinning starves the others.
+        # Busy-poll the first 20 us when every rank here has a core (as the client's waits do).
         # After a second without requests, wake every 20 ms (each wake-up costs 0.1-0.2 ms
         # of CPU here, so 10 ms kept an idle server at 1.5% of a core): the first command
         # after a pause starts up to 20 ms later, which nobody at a notebook notices.
-        shared = self.env.oversubscribed
-        backoff = transport.Backoff(hot=0.0 if shared else HOT_POLL, idle_cap=20e-3)
+        backoff = transport.Backoff(hot=0.0 if self.env.oversubscribed else 20e-6, idle_cap=20e-3)
         probe = functools.partial(comm.Iprobe, client, Tag.REQUEST)
-        replied = 0.0
         try:
             while not stopping.is_set():
                 try:
@@ -227,8 +221,6 @@ class MPICommandServer:
                 except transport.MPI.Exception as exc:  # a rank died (Open MPI's ULFM)
                     transport.acknowledge(comm, exc)
                     continue
-                if shared:
-                    backoff.hot = HOT_POLL if time.monotonic() - replied < HOT_POLL else 0.0
                 try:
                     request = transport.receive(comm, msg, status)
                 except transport.DecodeError as exc:
@@ -238,7 +230,6 @@ class MPICommandServer:
                     if comm is not self.env.framework:  # the world was rebuilt (respawn.py)
                         comm = self.env.framework
                         probe = functools.partial(comm.Iprobe, client, Tag.REQUEST)
-                replied = time.monotonic()
                 backoff.reset()
         finally:
             sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__
