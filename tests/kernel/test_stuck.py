@@ -55,7 +55,9 @@ def test_a_barrier_one_server_never_reaches_is_released_without_a_restart(kernel
 
 def test_numpy_in_c_and_a_gil_holder_are_told_apart(kernel):
     km, kc = kernel
-    run(kc, "%%px --targets 0\nimport numpy as np\na = np.random.rand(2200, 2200)")
+    # eig of 2800 x 2800 takes 9 s here: well past the Stop (1 s), STOP_WAIT (3 s) and the stack
+    # request (1 s). At 2200 (4 s) it could end inside that request and leave it unanswered.
+    run(kc, "%%px --targets 0\nimport numpy as np\na = np.random.rand(2800, 2800)")
     try:
         reply = interrupted(km, kc, "%%px --targets 0\nw = np.linalg.eig(a)")
         assert "Rank 0 is in C code (`_umath_linalg.eig(" in traceback_of(reply), traceback_of(reply)
