@@ -192,14 +192,17 @@ class MPICommandClient(Configurable):
         """
         mode = protocol.command_mode(command)
         parameters = protocol.check_parameters(parameters)
-        if block:
-            return self._request(protocol.COMMAND, command, mode, parameters, parameters, target_server)
-        return self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+        if not block:
+            return self._submit(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+        ids = self._request(protocol.COMMAND, command, mode, parameters, parameters, target_server)
+        responses = self._book.responses
+        return [responses[i] for i in ids]
 
     def _request(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
-                 target: Any) -> list[dict]:
-        """A blocking request: its responses (kept in the book, as the guide's are). To idle
-        servers with nothing queued it takes the pump's fast path; else it queues and waits."""
+                 target: Any) -> list[int]:
+        """A blocking request: its ids, once all are answered (the responses are in the
+        book). To idle servers with nothing queued it takes the pump's fast path; else it
+        queues and waits."""
         self._require_running()
         ranks = protocol.check_targets(target, self._servers)
         pump = self._pump
@@ -211,8 +214,7 @@ class MPICommandClient(Configurable):
             ids = pump.queue(kind, command, mode, parameters, [(rank, payload) for rank in ranks or [None]])
         if not done:
             pump.wait_for(ids, None)
-        responses = self._book.responses
-        return [responses[i] for i in ids]
+        return ids
 
     def get_command_response(self, command_request_id_list: Iterable[int], block: bool = False,
                              verbose: bool = True, timeout: float | None = None) -> list[dict]:
@@ -463,8 +465,10 @@ class MPICommandClient(Configurable):
             if broadcast.worthwhile(self.broadcast, group, len(parts[0]) + sum(b.nbytes for b in parts[1])):
                 ids = self._push_by_broadcast(label, variables, parts, group, ranks)
                 return self._ids_or_wait(ids, label, block)
-        ids = self._submit(protocol.PUSH, label, protocol.PUSH, None, variables, ranks)  # per server: quicker
-        return self._ids_or_wait(ids, label, block)
+        if not block:  # per server: quicker
+            return self._submit(protocol.PUSH, label, protocol.PUSH, None, variables, ranks)
+        self._collected(self._request(protocol.PUSH, label, protocol.PUSH, None, variables, ranks), label)
+        return None
 
     def _push_by_broadcast(self, label: str, variables: dict, parts: tuple[bytes, list],
                            group: list[int], ranks: list[int]) -> list[int]:
@@ -482,11 +486,11 @@ class MPICommandClient(Configurable):
         Each response's `ret` is the list of the values."""
         wanted = protocol.check_names(names, "pull")
         label = f"<pull {', '.join(wanted)}>"
-        ids = self._submit(protocol.PULL, label, protocol.PULL, None, wanted,
-                           self._servers if targets is None else targets)
+        targets = self._servers if targets is None else targets
         if not block:
-            return ids
-        return {rank: v[0] if isinstance(names, str) else v for rank, v in self._collect(ids, label).items()}
+            return self._submit(protocol.PULL, label, protocol.PULL, None, wanted, targets)
+        values = self._collected(self._request(protocol.PULL, label, protocol.PULL, None, wanted, targets), label)
+        return {rank: v[0] if isinstance(names, str) else v for rank, v in values.items()}
 
     def scatter(self, name: str, sequence: Any, targets: Any = None, block: bool = True) -> list[int] | None:
         """Split `sequence` into contiguous parts, one per target server in rank order (sizes
@@ -514,6 +518,11 @@ class MPICommandClient(Configurable):
     def _collect(self, ids: list[int], label: str) -> dict[int, Any]:
         """Wait for internal requests; drop their records; {server: ret}, or raise the first failure."""
         self._pump.wait_for(ids, None)
+        return self._collected(ids, label)
+
+    def _collected(self, ids: list[int], label: str) -> dict[int, Any]:
+        """The answered internal requests `ids`, their records dropped: {server: ret}, or
+        raise the first failure."""
         with self._lock:
             responses = self._book.pop_responses(ids)
         failed = [r for r in responses if not r["successful"]]
