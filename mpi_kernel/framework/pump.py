@@ -226,10 +226,10 @@ class Pump:
             return None
         inflight, table = book.inflight, self.monitor.table
         if ranks is None:
-            free = [r for r in self.servers if inflight[r] is None and not table[r].timed_out]
-            if not free:
+            free = next((r for r in self.servers if inflight[r] is None and not table[r].timed_out), None)
+            if free is None:
                 return None
-            ranks = free[:1]
+            ranks = [free]
         else:
             for rank in ranks:
                 if inflight[rank] is not None or table[rank].timed_out:
@@ -242,7 +242,7 @@ class Pump:
             request_id = next(counter)
             try:
                 messages.append((rank, request_id, transport.encode(
-                    (kind, request_id, command, mode, payload), plain=plain)))
+                    protocol.make_request(kind, request_id, command, mode, payload), plain=plain)))
             except Exception as exc:
                 raise unpicklable(command, exc) from exc
         now = time.time()

@@ -231,8 +231,8 @@ class RequestBook:
     def sent_ahead(self, ids: Iterable[int] | None = None) -> dict[int, list[int]]:
         """{server: the ids among `ids` (None: all) sent ahead to it and not yet started}."""
         wanted = None if ids is None else set(ids)
-        return {server: [i for i in ahead if wanted is None or i in wanted]
-                for server, ahead in self.ahead.items() if ahead and (wanted is None or wanted & set(ahead))}
+        found = {server: [i for i in ahead if wanted is None or i in wanted] for server, ahead in self.ahead.items()}
+        return {server: ahead for server, ahead in found.items() if ahead}
 
     def queued(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{id: its server (None: any)} for those of `ids` not sent yet."""
