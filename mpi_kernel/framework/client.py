@@ -200,21 +200,10 @@ class MPICommandClient(Configurable):
 
     def _request(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
                  target: Any) -> list[int]:
-        """A blocking request: its ids, once all are answered (the responses are in the
-        book). To idle servers with nothing queued it takes the pump's fast path; else it
-        queues and waits."""
+        """A blocking request: its ids, once all are answered (the responses are in the book)."""
         self._require_running()
-        ranks = protocol.check_targets(target, self._servers)
-        pump = self._pump
-        with transport.DeferredSigint():
-            with self._lock:
-                ids = pump.send_now(kind, command, mode, parameters, payload, ranks)
-            done = ids is not None and pump.wait_now(ids)
-        if ids is None:
-            ids = pump.queue(kind, command, mode, parameters, [(rank, payload) for rank in ranks or [None]])
-        if not done:
-            pump.wait_for(ids, None)
-        return ids
+        return self._pump.request(kind, command, mode, parameters, payload,
+                                  protocol.check_targets(target, self._servers))
 
     def get_command_response(self, command_request_id_list: Iterable[int], block: bool = False,
                              verbose: bool = True, timeout: float | None = None) -> list[dict]:
@@ -351,62 +340,16 @@ class MPICommandClient(Configurable):
     def restart_dead(self, end_busy: bool = False) -> list[int]:
         """Start a replacement for each dead server, with its rank number and an empty
         namespace, and rebuild the servers' world so that it has N-1 ranks again
-        (respawn.py). Every live server must be idle; with `end_busy`, those running
-        something are ended and replaced too (a collective with a dead rank never returns
-        under MPICH, and Stop cannot end it). Returns the ranks started anew."""
+        (respawn.py). Every live server must be idle; with `end_busy`, all queued work is
+        cancelled and those running something are ended and replaced too (a collective with
+        a dead rank never returns under MPICH, and Stop cannot end it). Returns the ranks
+        started anew."""
         self._require_running()
-        with self._lock, transport.DeferredSigint():
-            if end_busy:
-                self._end_busy()
-            dead = sorted(self._monitor.dead())
-            if not dead:
-                return []
-            if os.environ.get(protocol.NO_RESPAWN):
-                raise RuntimeError(f"servers {protocol.format_ranks(dead)} cannot be replaced in this job: "
-                                   f"{os.environ[protocol.NO_RESPAWN]}. The live servers go on; "
-                                   f"restarting the kernel (a new job) brings every rank back, with empty variables")
-            live = [r for r in self._servers if r not in dead]
-            book = self._book
-            busy = sorted({r for r in live if book.inflight[r] is not None or book.queues[r]}
-                          | (set(live) if book.any_queue else set()))
-            if busy:
-                raise RuntimeError(f"servers {protocol.format_ranks(busy)} have work running or queued: "
-                                   f"replacing the dead servers needs every other server idle. Wait for "
-                                   f"that work, or Stop it, and try again (end_busy=True, or "
-                                   f"%mpi_restart_dead --end-busy, ends and replaces them too)")
-            # MPICH lists the deaths of the job's first processes only, not of replacements.
-            if not respawn.wait_reported(self._pump.comm, [r for r in dead if r not in self._respawned]):
-                raise RuntimeError(f"MPI has not yet noticed the end of servers {protocol.format_ranks(dead)} "
-                                   f"after 5 s; try again in a moment")
-            ids = self._pump.queue(protocol.REBUILD, "<restart dead servers>", protocol.REBUILD, None,
-                                   [(r, dead) for r in live])
-            hosts = [self._monitor.table[r].host for r in dead]
-            self._rebind(respawn.respawn(self._env, dead, hosts), dead)
-            for server in dead:
-                self._pump.control(server, protocol.START, self._start_config())
-        hello = self._pump.hello
-        missing = self._pump.wait_until(lambda: set(dead) - hello, self.start_timeout)
-        if missing:
-            raise RuntimeError(f"the replacements for servers {protocol.format_ranks(sorted(missing))} did "
-                               f"not answer within {self.start_timeout:g} s")
-        self._collect(ids, "<restart dead servers>")
-        log.info("servers %s started anew", protocol.format_ranks(dead))
-        return dead
+        return respawn.restart(self, end_busy)
 
-    def _end_busy(self) -> None:
-        """End the servers that run something (their queued work is cancelled): they count
-        as dead from now on. Call with the lock held."""
-        book = self._book
-        for rank in self._servers:
-            if self._monitor.table[rank].dead is None and book.inflight[rank] is not None:
-                book.cancel_queued([i for i, r in book.requests.items()
-                                    if r["server"] == rank and i in book.encoded])
-                self._pump.control(rank, protocol.EXIT, 1)
-                self._pump.server_died(rank, f"Its variables are lost.\nMPIRankDied: server rank {rank} was "
-                                             f"ended by restart_dead(end_busy=True), to be started anew\n")
-
-    def _rebind(self, env: environment.MPIEnvironment, replaced: list[int]) -> None:
-        """Use the rebuilt world's communicators; the replaced servers start afresh."""
+    def rebound(self, env: environment.MPIEnvironment, replaced: list[int]) -> None:
+        """Use the rebuilt world's communicators (respawn.restart); the replaced servers
+        start afresh. Call with the lock held."""
         self._env = env
         self._respawned.update(replaced)
         self._pump.rebind(env.framework, replaced)
@@ -531,28 +474,32 @@ class MPICommandClient(Configurable):
         return {r["server"]: r["ret"] for r in responses}
 
     # -- interrupts ------------------------------------------------------------------------
-    def interrupt(self, targets: Any = None) -> list[int]:
-        """Raise KeyboardInterrupt in the running command of the target servers (default: all busy).
+    def interrupt(self, targets: Any = None, ids: Iterable[int] | None = None) -> list[int]:
+        """Raise KeyboardInterrupt in the running command of the target servers (default: all
+        busy); with `ids`, only where one of those runs. Queued requests are kept. Returns
+        the servers that were sent the interrupt.
 
-        Queued requests are kept. Returns the servers that were running something.
+        Each is sent every request it holds (the running one and those sent ahead): it may
+        have started the next one before the client knows, and that one is interrupted too.
         """
         with self._lock:
             ranks = self._servers if targets is None else protocol.check_targets(targets, self._servers)
-            inflight = self._book.inflight
-            busy = [s for s in ranks if inflight[s] is not None]
+            held = self._book.holding(ids)
+            busy = [s for s in ranks if s in held]
             for server in busy:
-                self._pump.control(server, protocol.INTERRUPT, inflight[server])
+                self._pump.control(server, protocol.INTERRUPT, held[server])
         return busy
 
     def cancel_queued(self, ids: Iterable[int] | None = None) -> list[int]:
         """Cancel requests that are still queued (default: all); they never run, and each gets
         an unsuccessful response saying so. Returns their ids. Those a task farm sent ahead to
-        a busy server (requests.AHEAD) are skipped there unless it has started them: their
-        responses come from the server. Running requests are not touched (interrupt() stops those)."""
+        a busy server (requests.AHEAD) are taken back unless it has started them: their
+        cancelled responses come once the server confirms, within a moment, not after the work
+        ahead of them. Running requests are not touched (interrupt() stops those)."""
         with self._lock:
             ids = None if ids is None else list(ids)
-            for server, ahead in self._book.sent_ahead(ids).items():
-                self._pump.control(server, protocol.SKIP, ahead)
+            for server, ahead in self._book.cancel_ahead(ids).items():
+                self._pump.control(server, protocol.RECALL, ahead)
             return self._book.cancel_queued(ids)
 
     def stop(self, ids: Iterable[int] | None = None) -> Stop:

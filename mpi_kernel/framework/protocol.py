@@ -52,10 +52,13 @@ SURVIVE = "MPI_KERNEL_SURVIVE"
 # Control and event kinds.
 # DEATH tells the survivors a rank died: MPI_Finalize would then wait for it for ever. EXIT
 # ends a server that cannot stop (it waits for a dead rank), so that it can be replaced.
-# SKIP names requests sent ahead to a server that are cancelled: it answers them unrun.
-START, PING, INTERRUPT, STOP, STACK, DEATH, EXIT, SKIP = ("start", "ping", "interrupt", "stop", "stack",
-                                                          "death", "exit", "skip")
-HELLO, PONG, STREAM, LOG, STOPPED, DISPLAY = "hello", "pong", "stream", "log", "stopped", "display"
+# RECALL names requests sent ahead to a server (cancelled, or to run elsewhere): those it
+# has not started it gives back at once, RELEASED, and never runs (claims.py).
+# INTERRUPT names the request (or a list of them) to interrupt if it is the one running.
+START, PING, INTERRUPT, STOP, STACK, DEATH, EXIT, RECALL = (
+    "start", "ping", "interrupt", "stop", "stack", "death", "exit", "recall")
+HELLO, PONG, STREAM, LOG, STOPPED, DISPLAY, RELEASED = (
+    "hello", "pong", "stream", "log", "stopped", "display", "released")
 
 RESPONSE_KEYS = (
     "command", "id", "mode", "parameters", "ret", "server", "status",

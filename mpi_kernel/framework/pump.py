@@ -70,7 +70,8 @@ class Pump:
         self._oversubscribed = oversubscribed
         self._service: threading.Thread | None = None
         self._halt = threading.Event()
-        self._waiters = 0  # threads inside wait_until, pumping themselves
+        self._waiters = 0  # threads inside a wait, pumping themselves (changed under _counting)
+        self._counting = threading.Lock()
         self._waited_at = 0.0  # when the last of them left (monotonic)
         self._per_thread = threading.local()
 
@@ -114,24 +115,11 @@ class Pump:
         return [request_id for _, request_id, _ in messages]
 
     def dispatch(self, servers: Iterable[int]) -> None:
-        """Send the next queued requests to each of `servers` that is free (or quick: one
-        to send ahead, requests.AHEAD) and responsive.
-
-        Only the servers whose state changed are passed (those just given work, those that
-        just answered): looking at all of them after each response made a fan-out's cost
-        grow with the square of its size.
-        """
-        book = self.book
-        if not book.encoded:  # it holds exactly the queued requests
-            return
-        table, take, now = self.monitor.table, book.take_next, time.time()
-        for server in servers:
-            if table[server].timed_out:
-                continue
-            while True:  # one to run, then any to send ahead (requests.AHEAD)
-                item = take(server, now)
-                if item is None or not self._send(server, item[1]):
-                    break
+        """Send what the book's policy assigns now (RequestBook.assign), given the servers
+        whose state changed (those just given work, those that just answered)."""
+        if self.book.encoded:  # it holds exactly the queued requests
+            for server, _, message in self.book.assign(servers, time.time()):
+                self._send(server, message)  # (one to a server that died fails with its death)
 
     def _send(self, server: int, message: tuple[bytes, list]) -> bool:
         """Send a pickled request; False if `server` died (ULFM says so: its death report
@@ -197,7 +185,7 @@ class Pump:
         if message is None:
             return True
         if tag == Tag.RESPONSE:
-            response = self.book.answer(source, message)
+            response = self.book.answer(source, message, time.time())
             answered.append(source)
             if response is None:  # the server is free again all the same
                 log.info("response to a forgotten request from server %d dropped", source)
@@ -216,6 +204,21 @@ class Pump:
     # as the queue would. After QUICK_WAIT without all the answers the general wait takes
     # over (the monitor, timeouts, sleeping backoff), so only the quick case is different.
 
+    def request(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
+                ranks: list[int] | None) -> list[int]:
+        """A blocking request to each of `ranks` (None: the first free server): its ids, once
+        all are answered (the responses are in the book). The fast path if it can; else
+        queued, and the general wait."""
+        with transport.DeferredSigint():
+            with self.lock:
+                ids = self.send_now(kind, command, mode, parameters, payload, ranks)
+            done = ids is not None and self.wait_now(ids)
+        if ids is None:
+            ids = self.queue(kind, command, mode, parameters, [(rank, payload) for rank in ranks or [None]])
+        if not done:
+            self.wait_for(ids, None)
+        return ids
+
     def send_now(self, kind: str, command: str, mode: str, parameters: Any, payload: Any,
                  ranks: list[int] | None) -> list[int] | None:
         """Send a request to each of `ranks` (None: the first free server) now, if every one
@@ -224,15 +227,14 @@ class Pump:
         book = self.book
         if book.encoded:  # something waits already: it goes first
             return None
-        inflight, table = book.inflight, self.monitor.table
+        idle = book.idle
         if ranks is None:
-            free = next((r for r in self.servers if inflight[r] is None and not table[r].timed_out), None)
-            if free is None:
+            if not idle:
                 return None
-            ranks = [free]
+            ranks = [min(idle)]  # the first free server, as assign() picks
         else:
             for rank in ranks:
-                if inflight[rank] is not None or table[rank].timed_out:
+                if rank not in idle:
                     return None
             if len(ranks) > 1 and len(set(ranks)) < len(ranks):  # [0, 0]: the second one queues
                 return None
@@ -264,7 +266,7 @@ class Pump:
         True when all have come. Call with a DeferredSigint (an interrupt surfaces after it)."""
         responses, lock, pending = self.book.responses, self.lock, collections.deque(ids)
         start = time.monotonic()
-        self._waiters += 1  # keeps the service thread from competing for the lock
+        self._enter_wait()
         try:
             while self.spin(start):
                 with lock:  # one message at a time: no probe after the last answer
@@ -278,6 +280,15 @@ class Pump:
                         return True
             return False
         finally:
+            self._leave_wait()
+
+    def _enter_wait(self) -> None:
+        """A thread starts waiting and pumping itself: the service thread keeps out of its way."""
+        with self._counting:  # several threads wait at once (a cell, a view's get, the monitor)
+            self._waiters += 1
+
+    def _leave_wait(self) -> None:
+        with self._counting:
             self._waiters -= 1
             self._waited_at = time.monotonic()
 
@@ -302,10 +313,13 @@ class Pump:
         more work, and the survivors hear of it. Call with the lock held."""
         if self.monitor.table[server].dead is not None:
             return []
+        # Its replies already here count: what it answered before dying is not run again.
+        self.receive_all([])
         self.ended.add((self.monitor.table[server].host, self.monitor.table[server].pid))
         self.monitor.died(server, reason)
         environment.lost_ranks.add(server)
         ids = self.book.die(server, reason)
+        self.dispatch([])  # what it was sent ahead goes to the others now
         self.abandoned += self.sends.pop(server, []) + self.sends.pop(None, [])  # (a broadcast
         # it was part of never ends; one it was not in goes on all the same: MPI progresses it)
         for rank in self.servers:
@@ -320,6 +334,7 @@ class Pump:
         gone to the old communicator, which nobody reads any more. Call with the lock held."""
         self.comm = comm
         self.monitor.replaced(replaced)
+        self.book.replaced(replaced)
         for server in replaced:
             self.hello.discard(server)
             self.stopped.discard(server)
@@ -361,11 +376,17 @@ class Pump:
                          payload["pid"])
             if self.monitor.answered(server, payload, now):
                 log.warning("server %d answers again after a timeout", server)
+                self.book.recovered(server)
                 self.dispatch([server])
+        elif kind == protocol.RELEASED:  # requests sent ahead, given back unstarted
+            if self.book.released(server, payload, time.time()):
+                self.dispatch([])
         elif kind == protocol.STOPPED:
             self.stopped.add(server)
 
     def _run_monitor(self, now: float) -> None:
+        for server, ids in self.book.overdue(time.time()).items():  # (a free server may run them)
+            self.control(server, protocol.RECALL, ids)
         for server in self.monitor.due(now):
             self.control(server, protocol.PING, None)
             self.monitor.pinged(server, now)
@@ -422,7 +443,7 @@ class Pump:
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = self._backoff()
         with transport.DeferredSigint() as sigint:
-            self._waiters += 1  # keeps the service thread from competing for the lock
+            self._enter_wait()
             try:
                 with self.lock:
                     left = pending()
@@ -444,8 +465,7 @@ class Pump:
                         break
                 return left
             finally:
-                self._waiters -= 1
-                self._waited_at = time.monotonic()
+                self._leave_wait()
 
     def _backoff(self) -> transport.Backoff:
         """This thread's wait strategy, reset (kept per thread: making one on every wait

@@ -1,19 +1,26 @@
 """The client's request book: every request's record, the queues, what each server
-runs, and the responses (the guide's request and response lists, 5.4).
+runs, the responses (the guide's request and response lists, 5.4), and the one policy of
+where a request goes (assign).
 
 Pure Python: no MPI, no threads, no clock of its own (times are passed in), so it is
 unit-tested alone (tests/unit/test_requests.py). The pump (pump.py) calls it with the
-client's lock held; nothing here locks.
+client's lock held and sends what it returns; nothing here locks.
 
-A request is queued (HOLDING_QUEUE) for one server or for any, sent to a server that is
-free (REQUEST_SENT), then answered (RESPONSE_RECEIVED) by its reply, by a cancel, by the
+A request is queued (HOLDING_QUEUE) for one server or for any, sent to a server
+(REQUEST_SENT), then answered (RESPONSE_RECEIVED) by its reply, by a cancel, by the
 services' stop, or provisionally (TIMEOUT) while its server does not answer the monitor.
-Each server runs at most one request at a time, in the order it was sent them.
+Each server runs one request at a time, in the order it was sent them.
 
-Requests for any server (a task farm's) are also sent ahead to a busy server whose last
-request was quick (AHEAD): it then finds its next one waiting instead of idling while the
-client takes the answer and sends more. A request sent ahead that its server never started
-goes back to the queue if the server dies, and is skipped by the server if cancelled.
+Where a request goes (assign), in this order:
+1. a free, responsive server takes the next request queued for it;
+2. requests for any server go to the free servers, the lowest rank first (the guide's
+   "first available server");
+3. only when no server is free, a request for any server may be sent ahead to a busy one
+   (a task farm's quick tasks: the server then finds its next one waiting instead of idling
+   for the client's turn), and only behind requests whose cost is known short: the same
+   command measured under SHORT, with the running one not yet running longer than SHORT.
+A request sent ahead that has not started is taken back (overdue, then released) once a
+server is free and nothing else waits, and is queued again first if its server dies.
 """
 from __future__ import annotations
 
@@ -24,11 +31,16 @@ from . import protocol
 from .protocol import as_reply
 
 FORGOTTEN = "forgotten"  # the key of a record whose response is dropped when it comes
-# How many requests a server may have in flight (the running one included) by how long its
-# last one took: (under seconds, depth). The client's turn between an answer and the next
-# send is 10-50 us here, so tasks under 100 us need several waiting; up to 5 ms one hides it.
-# Longer tasks would gain under 1% and only unbalance the end of a map: one at a time.
+CANCEL = "cancel"        # the key of a record sent ahead whose cancel its server has yet to confirm
+# How many requests a server may have in flight (the running one included) by the longest
+# known cost among them: (under seconds, depth). The client's turn between an answer and the
+# next send is 10-50 us here, so tasks under 100 us need several waiting; up to 5 ms one
+# hides it. Longer tasks would gain under 1% and only unbalance the end of a map.
 AHEAD = ((100e-6, 4), (5e-3, 2))
+SHORT = AHEAD[-1][0]  # a request costs "short" under this; one running longer is no longer short
+COSTS = 256  # commands whose last run time is kept (the oldest is dropped)
+
+Send = tuple[int, int, Any]  # (server, request id, pickled message)
 
 
 class RequestBook:
@@ -41,8 +53,14 @@ class RequestBook:
         self.inflight: dict[int, int | None] = {s: None for s in servers}  # what each runs
         self.ahead: dict[int, collections.deque[int]] = {s: collections.deque() for s in servers}
         self.encoded: dict[int, Any] = {}  # exactly the queued requests: their pickled message
-        self.early: dict[int, Any] = {}  # the pickled message of each request sent ahead
-        self.took: dict[int, float | None] = {s: None for s in servers}  # its last request's run time
+        self.early: dict[int, Any] = {}  # the pickled message of each request sent ahead,
+                                          # until answered (a release may queue it again)
+        self.idle: set[int] = set(servers)  # free and responsive: what assign gives work first
+        self.unavailable: set[int] = set()  # in timeout or dead: given nothing
+        self.dead: set[int] = set()
+        self.cost: dict[int, float] = {}  # a command's last run time (server's clock), by its hash:
+                                           # a cell's text may be megabytes
+        self.recalling: set[int] = set()  # ids sent ahead whose server was asked to give them back
 
     # -- in ----------------------------------------------------------------------------------
     def add(self, kind: str, request_id: int, command: str, mode: str, parameters: Any,
@@ -56,65 +74,160 @@ class RequestBook:
 
     def add_sent(self, kind: str, request_id: int, command: str, mode: str, parameters: Any,
                  server: int, now: float) -> None:
-        """Record a request sent to `server` at once (the fast path: it was free and nothing
-        was queued): the record add and take_next would have left."""
+        """Record a request sent to `server` at once (the fast path: it was idle and nothing
+        was queued): the record add and assign would have left."""
         self.requests[request_id] = {"kind": kind, "id": request_id, "command": command, "mode": mode,
                                      "parameters": parameters, "server": server,
                                      "status": protocol.REQUEST_SENT, "sent_at": now}
         self.inflight[server] = request_id
+        self.idle.discard(server)
 
-    def take_next(self, server: int, now: float) -> tuple[int, Any] | None:
-        """The next request for `server`: if it is free, from its own queue first, then any
-        server's; if it is busy, one for any server to send ahead (AHEAD). It is recorded as
-        sent; the caller sends the message."""
-        inflight = self.inflight
-        if inflight[server] is None:
-            queue = self.queues[server] or self.any_queue
-            if not queue:
-                return None
-        elif self.any_queue and not self.queues[server] and len(self.ahead[server]) + 1 < self.depth(server):
-            queue = self.any_queue
-        else:
-            return None
-        request_id = queue.popleft()
+    # -- where requests go: the one policy ---------------------------------------------------
+    def assign(self, servers: Iterable[int], now: float) -> list[Send]:
+        """What to send now, each recorded as sent (the module's rules 1-3): `servers` are
+        those whose state changed (given work, answered, back from a timeout); the free
+        ones are known here (idle), so a fan-out's cost does not grow with the square of
+        its size."""
+        sends: list[Send] = []
+        if not self.encoded:  # it holds exactly the queued requests
+            return sends
+        idle, queues = self.idle, self.queues
+        for server in servers:  # 1. a free server's own queue
+            if server in idle and queues[server]:
+                sends.append(self._start(server, queues[server].popleft(), now))
+        any_queue = self.any_queue
+        if any_queue and idle:  # 2. the first free servers
+            for server in sorted(idle):
+                if not any_queue:
+                    break
+                if not queues[server]:
+                    sends.append(self._start(server, any_queue.popleft(), now))
+        candidates = list(servers) if any_queue and not idle else []
+        while any_queue and candidates:  # 3. ahead, behind work known short: one each in turn
+            candidates = [s for s in candidates if self._room_ahead(s, now)]
+            for server in candidates[:len(any_queue)]:
+                request_id = any_queue.popleft()
+                self.ahead[server].append(request_id)
+                message = self.early[request_id] = self._sent(server, request_id, now)
+                sends.append((server, request_id, message))
+        return sends
+
+    def _start(self, server: int, request_id: int, now: float) -> Send:
+        self.inflight[server] = request_id
+        self.idle.discard(server)
+        return server, request_id, self._sent(server, request_id, now)
+
+    def _sent(self, server: int, request_id: int, now: float) -> Any:
         request = self.requests[request_id]
-        message = self.encoded.pop(request_id)
-        if inflight[server] is None:
-            inflight[server] = request_id
-        else:
-            self.ahead[server].append(request_id)
-            self.early[request_id] = message
         request["server"], request["status"], request["sent_at"] = server, protocol.REQUEST_SENT, now
-        return request_id, message
+        return self.encoded.pop(request_id)
 
-    def depth(self, server: int) -> int:
-        """How many requests `server` may have in flight now (AHEAD)."""
-        took = self.took[server]
-        if took is not None:
-            for under, depth in AHEAD:
-                if took < under:
-                    return depth
-        return 1
+    def _room_ahead(self, server: int, now: float) -> bool:
+        """May one more request for any server wait behind what `server` has in flight?
+        Only behind requests of known short cost, the running one not yet overdue."""
+        running = self.inflight[server]
+        if running is None or server in self.unavailable or self.queues[server]:
+            return False
+        if now - self.requests[running].get("sent_at", now) > SHORT:
+            return False
+        longest = 0.0
+        for request_id in (running, *self.ahead[server]):
+            request = self.requests.get(request_id)
+            cost = None if request is None else self.cost.get(hash(request["command"]))
+            if cost is None or cost >= SHORT:
+                return False
+            longest = max(longest, cost)
+        depth = next(depth for under, depth in AHEAD if longest < under)
+        return 1 + len(self.ahead[server]) < depth
+
+    def overdue(self, now: float) -> dict[int, list[int]]:
+        """Requests sent ahead that wait behind a request running longer than SHORT (or
+        behind a server in timeout) while a server is free and nothing is queued for any:
+        {server: ids} to take back (the pump asks the server; released() requeues them).
+        Each is asked for once."""
+        if not self.early or not self.idle or self.any_queue:  # (early: nothing was sent ahead)
+            return {}
+        found = {}
+        for server, ahead in self.ahead.items():
+            if not ahead or server in self.dead:
+                continue
+            running = self.requests.get(self.inflight[server] or -1)
+            if server in self.unavailable or running is None or now - running.get("sent_at", now) > SHORT:
+                ids = [i for i in ahead if i not in self.recalling]
+                if ids:
+                    self.recalling.update(ids)
+                    found[server] = ids
+        return found
+
+    def released(self, server: int, ids: list[int], now: float) -> list[int]:
+        """`server` gave back these requests sent ahead, unstarted: a cancelled one gets its
+        cancelled response, a recalled one is queued again first (assign sends it on).
+        Returns the ids queued again."""
+        ahead, requeued = self.ahead[server], []
+        for request_id in ids:
+            self.recalling.discard(request_id)
+            if self.inflight[server] == request_id:  # the reply before it made it "running"
+                self._next(server, now)
+            elif request_id in ahead:
+                ahead.remove(request_id)
+            else:
+                continue
+            message = self.early.pop(request_id)
+            if self._unqueue(request_id, message):
+                requeued.append(request_id)
+        return requeued
+
+    def _unqueue(self, request_id: int, message: Any) -> bool:
+        """A request sent ahead that never started: cancelled (its response says so), dropped
+        (forgotten), or queued again first for any server (True)."""
+        request = self.requests.get(request_id)
+        if request is None or request_id in self.responses and request["status"] != protocol.TIMEOUT:
+            return False
+        if FORGOTTEN in request:
+            del self.requests[request_id]
+            return False
+        if CANCEL in request:
+            request["server"] = None
+            self._settle(request_id, protocol.cancelled_response(request))
+            return False
+        request["server"], request["status"] = None, protocol.HOLDING_QUEUE
+        request.pop("sent_at", None)
+        self.responses.pop(request_id, None)  # a provisional timeout response: it runs elsewhere
+        self.encoded[request_id] = message
+        self.any_queue.appendleft(request_id)
+        return True
+
+    def _next(self, server: int, now: float) -> None:
+        """`server` ended its running request: the next one sent ahead runs now (started,
+        as far as the client can tell, now: its clock, not the server's)."""
+        ahead = self.ahead[server]
+        following = self.inflight[server] = ahead.popleft() if ahead else None
+        if following is None:
+            if server not in self.unavailable:
+                self.idle.add(server)
+            return
+        request = self.requests.get(following)
+        if request is not None:
+            request["sent_at"] = now
 
     # -- out ---------------------------------------------------------------------------------
-    def answer(self, server: int, message: tuple) -> dict | None:
+    def answer(self, server: int, message: tuple, now: float) -> dict | None:
         """Record a server's reply (a Reply as a plain tuple); its response, or None when
-        the request was forgotten. The server is free again either way."""
+        it is not wanted (forgotten, or from a server already counted dead). The server is
+        free again, or runs the next one sent ahead."""
+        if server in self.dead:  # its requests have their final response, or run elsewhere
+            return None
         reply = as_reply(message)
-        inflight = self.inflight
         # A reply without an id answers the request the server was running (an undecodable
         # result, a request the server could not unpickle): one runs at a time.
-        request_id = inflight[server] if reply.request_id is None else reply.request_id
-        if inflight[server] == request_id:  # the next one sent ahead runs now
-            ahead = self.ahead[server]
-            inflight[server] = following = ahead.popleft() if ahead else None
-            if following is not None:
-                del self.early[following]
-                if following in self.requests and reply.stop is not None:
-                    self.requests[following]["sent_at"] = reply.stop  # it started then
-        if reply.start is not None and reply.stop is not None:
-            self.took[server] = reply.stop - reply.start
+        request_id = self.inflight[server] if reply.request_id is None else reply.request_id
+        if self.inflight[server] == request_id:
+            self._next(server, now)
+            if self.early:
+                self.early.pop(request_id, None)
         request = self.requests.get(request_id)
+        if reply.start is not None and reply.stop is not None and request is not None:
+            self._measured(request["command"], reply.stop - reply.start)
         if request is None or FORGOTTEN in request:
             self.requests.pop(request_id, None)
             return None
@@ -122,6 +235,12 @@ class RequestBook:
         request["status"] = protocol.RESPONSE_RECEIVED
         self.responses[request_id] = response
         return response
+
+    def _measured(self, command: str, took: float) -> None:
+        cost, key = self.cost, hash(command)
+        if key not in cost and len(cost) >= COSTS:
+            del cost[next(iter(cost))]
+        cost[key] = took
 
     def _settle(self, request_id: int, response: dict) -> None:
         self.responses[request_id] = response
@@ -138,39 +257,70 @@ class RequestBook:
             self._settle(request_id, protocol.cancelled_response(request))
         return queued
 
+    def cancel_ahead(self, ids: Iterable[int] | None = None) -> dict[int, list[int]]:
+        """Mark the requests among `ids` (None: all) that were sent ahead and have not
+        started as cancelled: {server: ids} to tell each server to give them back unrun
+        (released() then answers them as cancelled; one its server has started runs on)."""
+        wanted = None if ids is None else set(ids)
+        found: dict[int, list[int]] = {}
+        for server, ahead in self.ahead.items():
+            for request_id in ahead:
+                if wanted is None or request_id in wanted:
+                    self.requests[request_id][CANCEL] = True
+                    found.setdefault(server, []).append(request_id)
+        return found
+
     def stop_all(self) -> None:
         """The services stopped: every request still unanswered gets a response saying so."""
         for request_id in self.unanswered_ids():
             self._settle(request_id, protocol.stopped_response(self.requests[request_id]))
 
     def time_out(self, server: int, server_timeout: float) -> list[int]:
-        """`server` stopped answering the monitor: its pending requests (sent, or queued for
-        it) get a provisional timeout response until the real one comes. Returns their ids."""
+        """`server` stopped answering the monitor: it gets no more work, and what it runs and
+        what was queued for it get a provisional timeout response until the real one comes.
+        Requests for any server sent ahead to it are not touched: they did not start, and
+        go elsewhere (overdue) if a server is free. Returns the ids marked."""
+        self.unavailable.add(server)
+        self.idle.discard(server)
         running = self.inflight[server]
-        pending = [i for i, r in self.requests.items()
-                   if r["status"] in (protocol.REQUEST_SENT, protocol.HOLDING_QUEUE)
-                   and (r["server"] == server or i == running)]
+        pending = ([] if running is None else [running]) + list(self.queues[server])
         for request_id in pending:
             request = self.requests[request_id]
             request["status"] = protocol.TIMEOUT
             self.responses[request_id] = protocol.timeout_response(request, server, server_timeout)
         return pending
 
+    def recovered(self, server: int) -> None:
+        """`server` answers the monitor again: it may take work."""
+        if server in self.dead:
+            return
+        self.unavailable.discard(server)
+        if self.inflight[server] is None:
+            self.idle.add(server)
+
+    def replaced(self, servers: Iterable[int]) -> None:
+        """These dead servers run again in new processes, idle."""
+        for server in servers:
+            self.dead.discard(server)
+            self.unavailable.discard(server)
+            self.inflight[server] = None
+            self.idle.add(server)
+
     def die(self, server: int, reason: str) -> list[int]:
         """`server` died: what it ran, what was queued for it and what it left in timeout get
         a final failed response with `reason`; requests for any server stay queued for the
-        others, and those sent ahead to it, which it never started, are queued again first.
-        Returns the ids that failed."""
+        others, and those sent ahead to it, which it never started, are queued again first
+        (assign sends them on). Returns the ids that failed."""
+        self.dead.add(server)
+        self.unavailable.add(server)
+        self.idle.discard(server)
         ahead = self.ahead[server]
         while ahead:
             request_id = ahead.pop()
-            request = self.requests[request_id]
-            request["server"], request["status"] = None, protocol.HOLDING_QUEUE
-            del request["sent_at"]
-            self.responses.pop(request_id, None)  # a provisional timeout response: it runs elsewhere
-            self.encoded[request_id] = self.early.pop(request_id)
-            self.any_queue.appendleft(request_id)
+            self.recalling.discard(request_id)
+            self._unqueue(request_id, self.early.pop(request_id))
         running = self.inflight[server]
+        self.early.pop(running, None)
         pending = [i for i, r in self.requests.items()
                    if r["status"] in (protocol.REQUEST_SENT, protocol.HOLDING_QUEUE, protocol.TIMEOUT)
                    and (r["server"] == server or i == running)]
@@ -228,11 +378,17 @@ class RequestBook:
         """{id: assigned server (None while queued for any)} for those of `ids` without a response."""
         return {i: self.requests[i]["server"] for i in ids if i not in self.responses}
 
-    def sent_ahead(self, ids: Iterable[int] | None = None) -> dict[int, list[int]]:
-        """{server: the ids among `ids` (None: all) sent ahead to it and not yet started}."""
+    def holding(self, ids: Iterable[int] | None = None) -> dict[int, list[int]]:
+        """{server: the ids among `ids` (None: all) that it runs or was sent ahead} (what a
+        stop must interrupt there: it may have started the next one before the client knows)."""
         wanted = None if ids is None else set(ids)
-        found = {server: [i for i in ahead if wanted is None or i in wanted] for server, ahead in self.ahead.items()}
-        return {server: ahead for server, ahead in found.items() if ahead}
+        found = {}
+        for server, running in self.inflight.items():
+            if running is not None:
+                mine = [i for i in (running, *self.ahead[server]) if wanted is None or i in wanted]
+                if mine:
+                    found[server] = mine
+        return found
 
     def queued(self, ids: Iterable[int]) -> dict[int, int | None]:
         """{id: its server (None: any)} for those of `ids` not sent yet."""
@@ -249,5 +405,5 @@ class RequestBook:
 
     def request_list(self) -> dict[int, dict]:
         """The guide's request list: command, mode, parameters, server, status by id."""
-        return {i: {k: v for k, v in r.items() if k not in ("kind", "sent_at")}
+        return {i: {k: v for k, v in r.items() if k not in ("kind", "sent_at", CANCEL)}
                 for i, r in self.requests.items() if FORGOTTEN not in r}

@@ -14,15 +14,73 @@ freed (freeing one would wait for them), and under MPICH MPI_Finalize stays skip
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from typing import Any
 
-from . import environment, failed, usercomm
+from . import environment, failed, protocol, transport, usercomm
 from .environment import MPI, MPIEnvironment
 from .protocol import REPLACEMENT, SURVIVE
 
 TAG = 18  # MPI_Comm_create_group's tag for the survivors' communicator
+log = logging.getLogger("mpi_kernel.client")
+
+
+def restart(client: Any, end_busy: bool) -> list[int]:
+    """The client's side of MPICommandClient.restart_dead: check that it can be done, have
+    the survivors rebuild the world with replacements (respawn), start them, wait for them."""
+    pump, book, monitor = client._pump, client._book, client._monitor
+    with client._lock, transport.DeferredSigint():
+        if end_busy:
+            _end_busy(client)
+        dead = sorted(monitor.dead())
+        if not dead:
+            return []
+        if os.environ.get(protocol.NO_RESPAWN):
+            raise RuntimeError(f"servers {protocol.format_ranks(dead)} cannot be replaced in this job: "
+                               f"{os.environ[protocol.NO_RESPAWN]}. The live servers go on; "
+                               f"restarting the kernel (a new job) brings every rank back, with empty variables")
+        live = [r for r in client._servers if r not in dead]
+        busy = sorted({r for r in live if book.inflight[r] is not None or book.queues[r]}
+                      | (set(live) if book.any_queue else set()))
+        if busy:
+            raise RuntimeError(f"servers {protocol.format_ranks(busy)} have work running or queued: "
+                               f"replacing the dead servers needs every other server idle. Wait for "
+                               f"that work, or Stop it, and try again (end_busy=True, or "
+                               f"%mpi_restart_dead --end-busy, cancels what is queued and ends and "
+                               f"replaces the busy servers too)")
+        # MPICH lists the deaths of the job's first processes only, not of replacements.
+        if not wait_reported(pump.comm, [r for r in dead if r not in client._respawned]):
+            raise RuntimeError(f"MPI has not yet noticed the end of servers {protocol.format_ranks(dead)} "
+                               f"after 5 s; try again in a moment")
+        ids = pump.queue(protocol.REBUILD, "<restart dead servers>", protocol.REBUILD, None,
+                         [(r, dead) for r in live])
+        hosts = [monitor.table[r].host for r in dead]
+        client.rebound(respawn(client._env, dead, hosts), dead)
+        for server in dead:
+            pump.control(server, protocol.START, client._start_config())
+    hello = pump.hello
+    missing = pump.wait_until(lambda: set(dead) - hello, client.start_timeout)
+    if missing:
+        raise RuntimeError(f"the replacements for servers {protocol.format_ranks(sorted(missing))} did "
+                           f"not answer within {client.start_timeout:g} s")
+    client._collect(ids, "<restart dead servers>")
+    log.info("servers %s started anew", protocol.format_ranks(dead))
+    return dead
+
+
+def _end_busy(client: Any) -> None:
+    """Cancel all queued work (what was sent ahead too), then end the servers that run
+    something: they count as dead from now on. Call with the client's lock held."""
+    client.cancel_queued()
+    book, pump = client._book, client._pump
+    for rank in client._servers:
+        if client._monitor.table[rank].dead is None and book.inflight[rank] is not None:
+            pump.control(rank, protocol.EXIT, 1)
+            pump.server_died(rank, f"Its variables are lost.\nMPIRankDied: server rank {rank} was "
+                                   f"ended by restart_dead(end_busy=True), to be started anew\n")
 
 
 def command(dead: list[int]) -> list[str]:

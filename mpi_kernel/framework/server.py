@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from . import broadcast, environment, logs, memory, protocol, respawn, stuck, transport, usercomm
 from .bounded import BoundedCache, SourceKeeper, source_hash
+from .claims import Claims
 from .control import ControlThread, pthread_interrupt
 from .output import FdCapture, NoInput, OutputCapture, RemoteStream
 from .protocol import Reply, Tag, as_reply
@@ -117,7 +118,8 @@ class MPICommandServer:
         self._armed = False  # True only while user code runs: SIGINT may raise then
         self._in_body = False  # True while a request's body runs (its preparation included)
         self._interrupt_for: int | None = None  # the request an interrupt was sent for
-        self._skip: set[int] = set()  # requests sent ahead and cancelled (the control thread adds)
+        # Requests sent ahead that the client takes back before they start (claims.py).
+        self.claims = Claims(lambda ids: self.send_event(protocol.RELEASED, ids))
         self._serving = False
         self._main = threading.main_thread().ident
         self.capture = OutputCapture(self._send_stream)
@@ -248,16 +250,15 @@ class MPICommandServer:
     def handle(self, request: tuple) -> None:
         """Run one request and send its reply (always exactly one)."""
         kind, request_id, command, mode, payload = request
-        if self._skip and request_id in self._skip:  # cancelled after it was sent ahead
-            self._skip.discard(request_id)
-            reply = Reply(request_id, traceback=protocol.CANCELLED)
-        else:
-            reply = self._runners[kind](request_id, command, mode, payload)
+        if not self.claims.start(request_id):  # given back to the client (it was told)
+            return
+        reply = self._runners[kind](request_id, command, mode, payload)
         try:
             encoded = transport.encode(tuple(reply), plain=type(reply.ret) in transport.PLAIN)
         except Exception as exc:  # the return value cannot travel back
             encoded = self._unsendable(kind, reply, exc)
         transport.send_encoded(self._framework, encoded, self._client, Tag.RESPONSE)
+        self.claims.done(request_id)
 
     def _unsendable(self, kind: str, reply: Reply, exc: Exception) -> Any:
         """The encoded reply for a result that cannot be pickled."""
@@ -434,17 +435,22 @@ class MPICommandServer:
         return Reply(request_id, [self.namespace[n] for n in names], True)
 
     # -- interrupts ----------------------------------------------------------------------
-    def interrupt(self, request_id: int | None) -> None:
-        """Called by the monitor thread: interrupt the running command (if it is `request_id`)."""
+    def interrupt(self, request_id: int | list[int] | None) -> None:
+        """Called by the control thread: interrupt the running command if it is `request_id`
+        (or one of a list of them: a stop's, which may have started since the client sent
+        it; None: whatever runs)."""
         current = self._current
-        if current is not None and request_id in (None, current[0]):
+        if current is None:
+            return
+        if request_id is None or current[0] == request_id or (
+                isinstance(request_id, list) and current[0] in request_id):
             self._interrupt_for = current[0]
             pthread_interrupt(self._main)
 
-    def skip(self, request_ids: list[int]) -> None:
-        """Called by the control thread: answer these requests unrun when they come (the
-        client cancelled them after sending them ahead). One already started runs on."""
-        self._skip.update(request_ids)
+    def give_back(self, request_ids: list[int]) -> list[int]:
+        """Called by the control thread: give these requests sent ahead back to the client
+        unless the main thread has taken them (claims.py)."""
+        return self.claims.give_back(request_ids)
 
     def _interrupted(self) -> bool:
         """True once for the request an interrupt was sent for (one KeyboardInterrupt each)."""

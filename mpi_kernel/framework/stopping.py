@@ -5,8 +5,8 @@ Work still queued is cancelled first: it would otherwise start as soon as its se
 free, after the user asked for everything to stop. Then the servers running the others
 are interrupted (KeyboardInterrupt in their main thread); their queued work for others
 is kept. Each request of a server runs alone, so an interrupt sent for a request never
-reaches a later one (the server checks the id); cancelled requests that were sent ahead
-to a busy server are skipped there.
+reaches another (the server checks the ids); cancelled requests that were sent ahead to a
+busy server are taken back from it, and one it has just started is interrupted too.
 """
 from __future__ import annotations
 
@@ -37,9 +37,5 @@ class Stop:
         return sorted(r for r, s in status.items() if s["command_id"] in ids)
 
     def interrupt(self) -> list[int]:
-        if self.ids is None:
-            self.interrupted = self.client.interrupt()
-        else:
-            running = self.running()
-            self.interrupted = self.client.interrupt(running) if running else []
+        self.interrupted = self.client.interrupt(ids=self.ids)
         return self.interrupted
