@@ -167,8 +167,9 @@ def test_a_late_reply_from_a_dead_server_changes_nothing():
 
 # -- where requests go ---------------------------------------------------------------------
 
-def known(book: RequestBook, command: str, took: float) -> None:
-    book.cost[hash(command)] = took
+def known(book: RequestBook, command: str, took: float, servers: list[int] | None = None) -> None:
+    for server in book.servers if servers is None else servers:
+        book.cost[server][hash(command)] = took
 
 
 def test_requests_for_any_server_go_one_to_each_free_server_whatever_was_measured():
@@ -331,4 +332,16 @@ def test_costs_are_kept_for_a_bounded_number_of_commands():
         queued(book, i, 0, f"x = {i}")
         assigned(book)
         answered(book, 0, i, took=1e-6)
-    assert len(book.cost) == COSTS and hash(f"x = {COSTS + 9}") in book.cost
+    assert len(book.cost[0]) == COSTS and hash(f"x = {COSTS + 9}") in book.cost[0]
+
+
+def test_a_cost_counts_on_the_server_that_measured_it_and_a_replacement_starts_with_none():
+    book = RequestBook([0, 1])
+    known(book, "f()", 1e-6, servers=[0])          # measured on 0 only (on 1 its first call was slow)
+    for i in (1, 2, 3, 4):
+        queued(book, i, None, "f()")
+    assert assigned(book) == [(0, 1), (1, 2), (0, 3), (0, 4)]  # ahead on 0 only
+    book.die(0, "gone")
+    book.replaced([0])
+    assert book.cost[0] == {} and assigned(book, servers=[0]) == [(0, 3)]
+    assert assigned(book) == [] and list(book.any_queue) == [4]  # f's cost is unknown on the new process
