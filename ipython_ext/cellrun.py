@@ -9,6 +9,7 @@ The magics (magics.py) only parse their options and call it.
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from typing import Any, Protocol
 
@@ -157,15 +158,20 @@ class PxRunner:
         progress = show.ProgressLine(len(ids), after=after)
         slice_ = 0.3  # a cell done within the first slice shows its output in rank order
         next_look = DIAGNOSE_AFTER
-        deaths_seen, death_look = self.client.dead().keys(), None
+        deaths_seen, death_look = set(self.client.dead()), None
+        ranks = set(self.client.unanswered(ids).values()) - {None}  # the cell's (known so far)
         try:
             while not self.client.wait(ids, timeout=slice_):
                 slice_ = 0.1
                 self._drain(ids)
                 waiting = self._waiting(ids)
+                ranks.update(waiting)
                 elapsed = time.monotonic() - progress.start
-                if self.client.dead().keys() != deaths_seen:  # a rank died during the cell
-                    deaths_seen, death_look = self.client.dead().keys(), elapsed + DEATH_LOOK_AFTER
+                dead = self.client.dead()
+                if dead.keys() != deaths_seen:  # a rank died during the cell: say so now
+                    self._say_died({r: dead[r] for r in dead.keys() - deaths_seen}, waiting)
+                    deaths_seen, death_look = set(dead), elapsed + DEATH_LOOK_AFTER
+                progress.dead = sorted(ranks & deaths_seen)
                 if death_look is not None and waiting and elapsed > death_look:
                     death_look = None
                     self._end_if_waiting_for_dead(ids, waiting, local)
@@ -195,6 +201,16 @@ class PxRunner:
 
     def _waiting(self, ids: list[int]) -> list[int]:
         return sorted(s for s in self.client.unanswered(ids).values() if s is not None)
+
+    @staticmethod
+    def _say_died(deaths: dict[int, str], waiting: list[int]) -> None:
+        """A live line per rank that died while the cell runs (the cell's error, with every
+        rank's result, comes when the others end)."""
+        going = f"{ranks_word(waiting).capitalize()} go on; Stop ends the cell." if waiting else ""
+        for rank, reason in sorted(deaths.items()):
+            how = reason.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "server rank 1 on vm (pid ...) killed ..."
+            print(f"[px] {how}{' ' if how.endswith(('?', '.')) else '. '}{going}".rstrip(),
+                  file=sys.stderr, flush=True)
 
 
     def _diagnosis(self, stuck: list[int], local: bool) -> tuple[list[tuple[str, bool]], dict]:

@@ -122,6 +122,7 @@ class ProgressLine:
 
     def __init__(self, total: int, after: float = 1.0, hint: str = "") -> None:
         self.total, self.after, self.hint = total, after, hint
+        self.dead: list[int] = []  # ranks of the cell that died: ended, but not done
         self.start = time.monotonic()
         self._handle: Any = None
         self._last = 0.0
@@ -132,8 +133,11 @@ class ProgressLine:
         if elapsed < self.after or now - self._last < 0.25:
             return
         self._last = now
-        done = self.total - len(waiting)
-        text = f"[px] {done}/{self.total} ranks done, {elapsed:.1f} s elapsed"
+        done = self.total - len(waiting) - len(self.dead)
+        text = f"[px] {done}/{self.total} ranks done"
+        if self.dead:
+            text += f", {ranks_word(self.dead)} dead"
+        text += f", {elapsed:.1f} s elapsed"
         if waiting:
             text += f"; waiting for {ranks_word(waiting)}"
         if self.hint:

@@ -41,11 +41,12 @@ class LocalWatch:
         self.done.set()
 
     def _watch(self) -> None:
-        before = set(self.client.dead())
         world = environment.current().world.Get_group()
         since: float | None = None
         while not self.done.wait(POLL):
-            dead = sorted(set(self.client.dead()) - before)
+            # Every dead rank counts, those from before the cell too: the whole world's
+            # collectives wait for one that was never restarted as well.
+            dead = sorted(self.client.dead())
             report = stuck.describe(sys._current_frames().get(self.main), world, MPI) if dead else None
             if not stuck.waits_for_dead(report, dead):
                 since = None
