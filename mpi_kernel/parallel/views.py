@@ -14,9 +14,10 @@ Names follow ipyparallel's where the concept is the same. A view's calls are the
 requests underneath (kind "calls"): the function is pickled once per call or map (by
 value when the notebook defined it, as `push` sends it) and each task carries it with its
 arguments (NumPy arrays out of band); a server keeps the functions it has unpickled. No
-task waits for a busy server: load balancing is the seed's "first available server", the
-client handing a queued task to whichever server goes idle. Ctrl-C while waiting cancels
-the queued tasks and interrupts the running ones.
+task waits for a busy server while another is free: load balancing is the seed's "first
+available server" (requests.RequestBook.assign; quick tasks may wait behind a quick one, and
+are taken back if it runs long). Ctrl-C while waiting cancels the queued tasks and
+interrupts the running ones.
 """
 from __future__ import annotations
 

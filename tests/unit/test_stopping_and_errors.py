@@ -24,8 +24,9 @@ class FakeClient:
         return {0: {"busy": True, "command_id": 1}, 1: {"busy": True, "command_id": 2},
                 2: {"busy": False, "command_id": None}}
 
-    def interrupt(self, targets=None):
-        servers = sorted(set(self.running.values())) if targets is None else targets
+    def interrupt(self, targets=None, ids=None):
+        held = {s for i, s in self.running.items() if ids is None or i in ids}
+        servers = sorted(held if targets is None else held & set(targets))
         self.calls.append(("interrupt", servers))
         return servers
 
@@ -50,7 +51,7 @@ def test_a_stop_with_nothing_running_interrupts_nobody():
     client = FakeClient()
     stop = Stop(client, [3])
     stop.cancel()
-    assert stop.interrupt() == [] and client.calls == [("cancel", [3])]
+    assert stop.interrupt() == [] and client.calls == [("cancel", [3]), ("interrupt", [])]
 
 
 def test_failures_of_a_cell_merge_by_traceback_in_rank_order():
