@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import random
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.kernel_helpers import alive, error_text, install_kernelspec, job_pids, start_kernel, text_of, wait_gone
 
@@ -54,7 +53,9 @@ def _report(**counts):
 PROBE = ("_report(fds=len(os.listdir('/proc/self/fd')), "
          "rss=int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 2**20, "
          "peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "
-         "pids=[s['pid'] for s in client.get_server_status().values()])")
+         "pids=[s['pid'] for s in client.get_server_status().values()], "
+         "records=len(client._book.requests), responses=len(client._book.responses), "
+         "kinds=__import__('collections').Counter(r['command'][:30] for r in client._book.requests.values()).most_common(3))")
 
 
 class Soak:
@@ -109,6 +110,11 @@ class Soak:
         self.pids.update(report.get("pids", []))
         return report
 
+    def count(self, what: str, n: int, action: str) -> None:
+        if n:
+            self.counts[what] += n
+            self.example(f"{action}: {n} {what.replace('_', ' ')}")
+
     def example(self, text: str) -> None:
         if len(self.examples) < 20:
             self.examples.append(text)
@@ -132,9 +138,9 @@ class Soak:
     # -- the actions -------------------------------------------------------------------
     def px_cell(self) -> None:
         n = self.rng.randrange(1000)
-        status, out, _ = self.cell(f"%%px\n_v = rank + {n}\nprint('px', _v - rank)")
-        if self.expect_ok("px cell", status, out):
-            self.counts["lost"] += 3 - text_of(out).count(f"px {n}")
+        status, out, _ = self.cell(f"%%px\n_v = rank + {n}\nprint('px', rank, _v - rank)")
+        if self.expect_ok("px cell", status, out):  # (rank in the text: identical lines merge)
+            self.count("lost", 3 - len(re.findall(rf"px \d {n}\b", text_of(out))), "px cell")
 
     def map(self) -> None:
         size, pause = self.rng.choice([(30, 0.0), (400, 0.0), (60, 0.005), (12, 0.05)])
@@ -145,24 +151,25 @@ class Soak:
                   "_report(lost=sum(a != 2 * x for a, x in zip(_r, _xs)) + len(_xs) - len(_r), twice=_ran_twice())")
         status, out, report = self.cell(code)
         if self.expect_ok("map", status, out):
-            self.counts["lost"] += report.get("lost", 0)
-            self.counts["answered_twice"] += report.get("twice", 0)
+            self.count("lost", report.get("lost", 0), f"map of {size}")
+            self.count("answered_twice", report.get("twice", 0), f"map of {size}")
 
     def push_pull(self) -> None:
         n = self.rng.randrange(10**6)
         status, out, report = self.cell(f"rc[:].push({{'_p': {n}}})\n_report(lost=3 - rc[:].pull('_p').count({n}))")
         if self.expect_ok("push/pull", status, out):
-            self.counts["lost"] += report.get("lost", 0)
+            self.count("lost", report.get("lost", 0), "push/pull")
 
     def requests(self) -> None:
         n = self.rng.choice([3, 50, 500])
         code = (f"_ids = [client.push_command_request(f'{{i}} * 3', False, None)[0] for i in range({n})]\n"
                 "_rs = client.get_command_response(_ids, True, timeout=30)\n"
-                f"_report(lost={n} - sum(r['ret'] == i * 3 for i, r in enumerate(_rs)), twice=len(_ids) - len(set(_ids)))")
+                f"_report(lost={n} - sum(r['ret'] == i * 3 for i, r in enumerate(_rs)), twice=len(_ids) - len(set(_ids)))\n"
+                "client.forget(_ids)")  # (the guide keeps every record unless told)
         status, out, report = self.cell(code)
         if self.expect_ok("requests", status, out):
-            self.counts["lost"] += report.get("lost", 0)
-            self.counts["answered_twice"] += report.get("twice", 0)
+            self.count("lost", report.get("lost", 0), f"{n} requests")
+            self.count("answered_twice", report.get("twice", 0), f"{n} requests")
 
     def stop(self) -> None:
         """Stop during a map: the servers are idle within a second, and the kernel usable."""
@@ -189,7 +196,7 @@ class Soak:
             if report.get("busy"):
                 self.counts["unexpected_errors"] += 1
                 self.example(f"servers {report['busy']} still busy 1 s after Stop")
-            self.counts["answered_twice"] += report.get("twice", 0)
+            self.count("answered_twice", report.get("twice", 0), "after Stop")
 
     def kill(self) -> None:
         """SIGKILL a random server in the middle of a map: every task has its result or an
@@ -206,14 +213,14 @@ class Soak:
                 f" unnamed=sum('rank' not in b for b in _bad), dead=list(client.dead()))")
         status, out, report = self.cell(code)
         if self.expect_ok("kill during a map", status, out):
-            self.counts["lost"] += report.get("lost", 0)
-            self.counts["errors_without_rank"] += report.get("unnamed", 0)
+            self.count("lost", report.get("lost", 0), "kill during a map")
+            self.count("errors_without_rank", report.get("unnamed", 0), "kill during a map")
         status, out, _ = self.cell("%mpi_restart_dead")
         self.expect_ok("restart_dead", status, out)
         self.check_errors_name_ranks(out)
         status, out, report = self.cell("_report(twice=_ran_twice())")
         if self.expect_ok("after restart", status, out):
-            self.counts["answered_twice"] += report.get("twice", 0)
+            self.count("answered_twice", report.get("twice", 0), "after restart")
         self.probe()
 
     def pause(self) -> None:
@@ -225,7 +232,7 @@ class Soak:
         self.expect_ok("SIGSTOP/SIGCONT", status, out)
         status, out, _ = self.cell("%%px\nprint('after pause', rank)")
         if self.expect_ok("px after pause", status, out):
-            self.counts["lost"] += 3 - text_of(out).count("after pause")
+            self.count("lost", 3 - text_of(out).count("after pause"), "px after pause")
 
     ACTIONS: list[tuple[str, float]] = [("px_cell", 4), ("map", 4), ("push_pull", 2), ("requests", 3),
                                         ("stop", 1), ("kill", 1), ("pause", 1)]

@@ -16,15 +16,22 @@ process group as the failure notice. Under Open MPI's `--with-ft ulfm` (SURVIVE 
 the other way round: a non-zero exit becomes SIGKILL, which that launcher survives.
 Signals the launcher sends the guard go on to the rank, and the rank never outlives its
 guard (PR_SET_PDEATHSIG). Only Linux has that; elsewhere ranks run unguarded.
+
+Once its rank has ended, the guard also removes the MPICH shared-memory segments of this
+host that nobody maps any more (sweep_shared_memory): a killed rank cannot, and segments made
+for a world rebuilt after a death were left by no one in particular (two per three restarts
+here), 2 MB each, until the host reboots.
 """
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import os
 import signal
 import socket
 import sys
+import time
 
 from ..framework import protocol  # (pure: no MPI, which must not start before the fork)
 
@@ -68,6 +75,43 @@ def abort_line(entry: dict) -> str:
     return MARK + json.dumps(entry)
 
 
+SEGMENTS = "/dev/shm/mpich_shm_*"
+
+
+def mapped_segments() -> set[str] | None:
+    """The MPICH segments some live process of this host maps; None if that cannot be read."""
+    names: set[str] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                names.update(line.split()[-1] for line in maps if "/dev/shm/mpich_shm_" in line)
+        except OSError:  # ended meanwhile, or another user's
+            continue
+    return names
+
+
+def sweep_shared_memory(since: float) -> list[str]:
+    """Unlink this user's MPICH segments made since `since` (the guard's start) that no live
+    process maps: garbage of this job. Returns them."""
+    mapped = mapped_segments()
+    if mapped is None:
+        return []
+    swept = []
+    for name in glob.glob(SEGMENTS):
+        try:
+            info = os.stat(name)
+            if info.st_uid == os.getuid() and info.st_ctime >= since and name not in mapped:
+                os.unlink(name)
+                swept.append(name)
+        except OSError:  # another guard was first
+            continue
+    return swept
+
+
 def guard() -> None:
     """Fork; return in the child, which goes on to be the rank. The parent never returns."""
     parent = os.getpid()
@@ -91,6 +135,7 @@ def _wait_and_report(pid: int) -> None:
             signal.signal(sig, signal.SIG_IGN)
         else:
             signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+    started = time.time() - 1.0  # (ctime has the file system's granularity)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -100,6 +145,7 @@ def _wait_and_report(pid: int) -> None:
     entry = record(status, launcher_rank(), pid)
     if entry is not None:
         os.write(2, (MARK + json.dumps(entry) + "\n").encode())
+    sweep_shared_memory(started)
     if os.WIFSIGNALED(status) and survive == "hydra":
         os._exit(128 + os.WTERMSIG(status))
     if not os.WIFSIGNALED(status) and status and survive == "ulfm":

@@ -79,6 +79,7 @@ class Job:
     survive: str | None = None  # how this job outlives a server's death (survives_deaths), once up
     doomed: float | None = None  # a server died in a job that cannot go on: end it by then
     partial: dict = dataclasses.field(default_factory=dict)  # fd -> bytes of an unfinished line
+    started: float = dataclasses.field(default_factory=time.time)  # wall clock (file times)
 
 
 class Supervisor:
@@ -175,11 +176,19 @@ class Supervisor:
         finally:
             self.terminate_job("the supervisor is exiting")
             if self.job is not None:
-                remove_kernel_folder(self.job.hello)
+                self._clean_up(self.job)
             if self.relay is not None:
                 self.relay.close()
             self.listener.close()
             self.context.term()
+
+    @staticmethod
+    def _clean_up(job: Job) -> None:
+        """What the job's ranks on this host may have left: the kernel rank's folder, and
+        shared memory no one maps (the guards sweep too, but the last two ranks to end can
+        each see the other's mapping)."""
+        remove_kernel_folder(job.hello)
+        guard.sweep_shared_memory(job.started - 1.0)
 
     def _on_sigterm(self, signum: int, _frame: object) -> None:
         self.terminate_reason = "the supervisor got SIGTERM (Jupyter shut the kernel down or is gone)"
@@ -281,7 +290,7 @@ class Supervisor:
             self._wait_exit(1.0)  # on one host the launcher ends the other ranks itself
             self.terminate_job("the kernel rank is gone")  # across hosts hydra would not
         self._read_output(0.3)  # the guards' last lines
-        remove_kernel_folder(job.hello)
+        self._clean_up(job)
         code = job.proc.returncode
         if self.stop_deadline is not None:
             log.info("the MPI job ended (launcher exit %s)", code)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 from ..errors import Failure, RemoteError
@@ -51,6 +52,10 @@ class AsyncResult:
         self._responses: dict[int, dict] = {}
         self._submitted = time.monotonic()
         self._done_at: float | None = None if ids else self._submitted  # a map of nothing is done
+        if client is not None and not keep_records:
+            # A result dropped before it collected everything (Stop during get(), then `ar`
+            # reassigned) would leave its records in the client for the life of the job.
+            weakref.finalize(self, client.forget, ids)
 
     @classmethod
     def done(cls, responses: list[dict], items: Items = one_item, label: str = "tasks") -> "AsyncResult":
