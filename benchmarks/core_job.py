@@ -199,6 +199,27 @@ def lb_map(client: MPICommandClient, count: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def _sleep(seconds: float) -> float:
+    start = time.perf_counter()
+    time.sleep(seconds)
+    return time.perf_counter() - start
+
+
+def mixed_map(client: MPICommandClient, count: int) -> dict:
+    """A load-balanced map of sleeps, 1% of them long (0.2 s, the first of each hundred)
+    among quick ones (1 ms): its time against the ideal, max(the work the tasks measured
+    / servers, the longest task). A quick task parked behind a long one while another
+    server idles shows as the excess; so does the client's turn between tasks."""
+    from mpi_kernel import Client
+    view = Client(client).load_balanced_view()
+    view.map_sync(_sleep, [0.001] * 30)  # the function is known quick, as in a long session
+    pauses = [0.2 if n % 100 == 0 else 0.001 for n in range(count)]
+    t0 = time.perf_counter()
+    work = view.map_sync(_sleep, pauses)
+    took = time.perf_counter() - t0
+    return {"took_s": took, "ideal_s": max(sum(work) / len(client.servers()), max(work))}
+
+
 def idle_cpu(client: MPICommandClient, seconds: float) -> list[float]:
     pids = [s["pid"] for s in client.get_server_status().values()] + [os.getpid()]
 
@@ -228,6 +249,7 @@ def main() -> None:
     out["fanout"] = summarize(timed(lambda: client.push_command_request("1+1", True, servers), reps, 50))
     out["throughput_per_s"] = throughput(client, max(reps, 3000))
     out["lb_map_per_s"] = lb_map(client, 10_000 if reps >= 1000 else 1_000)
+    out["mixed_map"] = mixed_map(client, 2000 if reps >= 1000 else 300)
     for label, nbytes in (("1MB", 10**6), ("100MB", 10**8)):
         array = np.ones(nbytes, dtype=np.uint8)
         n = max(3, reps // (10 if nbytes < 10**8 else 200))

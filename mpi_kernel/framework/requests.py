@@ -105,14 +105,19 @@ class RequestBook:
                     break
                 if not queues[server]:
                     sends.append(self._start(server, any_queue.popleft(), now))
-        candidates = list(servers) if any_queue and not idle else []
-        while any_queue and candidates:  # 3. ahead, behind work known short: one each in turn
-            candidates = [s for s in candidates if self._room_ahead(s, now)]
-            for server in candidates[:len(any_queue)]:
-                request_id = any_queue.popleft()
-                self.ahead[server].append(request_id)
-                message = self.early[request_id] = self._sent(server, request_id, now)
-                sends.append((server, request_id, message))
+        if any_queue and not idle:  # 3. ahead, behind work known short: one each in turn
+            room = {s: n for s in servers if (n := self._room_ahead(s, now))}
+            while any_queue and room:
+                for server in list(room):
+                    if not any_queue:
+                        break
+                    request_id = any_queue.popleft()
+                    self.ahead[server].append(request_id)
+                    message = self.early[request_id] = self._sent(server, request_id, now)
+                    sends.append((server, request_id, message))
+                    room[server] -= 1
+                    if not room[server]:
+                        del room[server]
         return sends
 
     def _start(self, server: int, request_id: int, now: float) -> Send:
@@ -125,23 +130,31 @@ class RequestBook:
         request["server"], request["status"], request["sent_at"] = server, protocol.REQUEST_SENT, now
         return self.encoded.pop(request_id)
 
-    def _room_ahead(self, server: int, now: float) -> bool:
-        """May one more request for any server wait behind what `server` has in flight?
-        Only behind requests of known short cost, the running one not yet overdue."""
+    def _room_ahead(self, server: int, now: float) -> int:
+        """How many more requests for any server may wait behind what `server` has in
+        flight: only behind requests of known short cost, the running one not yet overdue.
+        (On the hot path of a task farm: once per answer.)"""
         running = self.inflight[server]
         if running is None or server in self.unavailable or self.queues[server]:
-            return False
-        if now - self.requests[running].get("sent_at", now) > SHORT:
-            return False
-        longest, costs = 0.0, self.cost[server]
-        for request_id in (running, *self.ahead[server]):
-            request = self.requests.get(request_id)
+            return 0
+        request, requests, costs = self.requests.get(running), self.requests, self.cost[server]
+        if request is None or now - request.get("sent_at", now) > SHORT:
+            return 0
+        longest = costs.get(hash(request["command"]))
+        if longest is None:
+            return 0
+        ahead = self.ahead[server]
+        for request_id in ahead:
+            request = requests.get(request_id)
             cost = None if request is None else costs.get(hash(request["command"]))
-            if cost is None or cost >= SHORT:
-                return False
-            longest = max(longest, cost)
-        depth = next(depth for under, depth in AHEAD if longest < under)
-        return 1 + len(self.ahead[server]) < depth
+            if cost is None:
+                return 0
+            if cost > longest:
+                longest = cost
+        for under, depth in AHEAD:
+            if longest < under:
+                return max(0, depth - 1 - len(ahead))
+        return 0
 
     def overdue(self, now: float) -> dict[int, list[int]]:
         """Requests sent ahead that wait behind a request running longer than SHORT (or
