@@ -55,6 +55,7 @@ PROBE = ("_report(fds=len(os.listdir('/proc/self/fd')), "
          "peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "
          "pids=[s['pid'] for s in client.get_server_status().values()], "
          "records=len(client._book.requests), responses=len(client._book.responses), "
+         "mpi=__import__('mpi4py.MPI').MPI.Get_library_version().splitlines()[0].strip(), "
          "kinds=__import__('collections').Counter(r['command'][:30] for r in client._book.requests.values()).most_common(3))")
 
 
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 soak.kc.stop_channels()
                 soak.km.shutdown_kernel(now=False)
                 wait_gone(sorted(soak.pids), 10)
-    from mpi4py import MPI
-    result = {"seed": args.seed, "minutes": args.minutes, "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+    # (The MPI is read in the kernel: MPI started here would make a segment of its own.)
+    result = {"seed": args.seed, "minutes": args.minutes, "mpi": ends["last"].get("mpi", "?"),
               "seconds": round(time.monotonic() - started, 1), "counts": soak.counts, "by_action": soak.by_action,
               "examples": soak.examples, "left": leftovers(before, soak.pids), **ends}
     out = Path(args.out)

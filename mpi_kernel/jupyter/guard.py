@@ -94,6 +94,19 @@ def mapped_segments() -> set[str] | None:
     return names
 
 
+def segments_since(since: float) -> list[str]:
+    """This user's MPICH segments made since `since`."""
+    found = []
+    for name in glob.glob(SEGMENTS):
+        try:
+            info = os.stat(name)
+        except OSError:
+            continue
+        if info.st_uid == os.getuid() and info.st_ctime >= since:
+            found.append(name)
+    return found
+
+
 def sweep_shared_memory(since: float) -> list[str]:
     """Unlink this user's MPICH segments made since `since` (the guard's start) that no live
     process maps: garbage of this job. Returns them."""
@@ -101,14 +114,13 @@ def sweep_shared_memory(since: float) -> list[str]:
     if mapped is None:
         return []
     swept = []
-    for name in glob.glob(SEGMENTS):
-        try:
-            info = os.stat(name)
-            if info.st_uid == os.getuid() and info.st_ctime >= since and name not in mapped:
+    for name in segments_since(since):
+        if name not in mapped:
+            try:
                 os.unlink(name)
                 swept.append(name)
-        except OSError:  # another guard was first
-            continue
+            except OSError:  # another guard was first
+                continue
     return swept
 
 

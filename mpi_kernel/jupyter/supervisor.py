@@ -185,10 +185,15 @@ class Supervisor:
     @staticmethod
     def _clean_up(job: Job) -> None:
         """What the job's ranks on this host may have left: the kernel rank's folder, and
-        shared memory no one maps (the guards sweep too, but the last two ranks to end can
-        each see the other's mapping)."""
+        shared memory no one maps. The guards sweep too, but the last two ranks to end can
+        each see the other's mapping, and a launcher ended by SIGKILL takes the guards with
+        it: ranks still ending may map them for a moment, so this looks again for up to 1 s."""
         remove_kernel_folder(job.hello)
-        guard.sweep_shared_memory(job.started - 1.0)
+        for _ in range(5):
+            guard.sweep_shared_memory(job.started - 1.0)
+            if not guard.segments_since(job.started - 1.0):
+                break
+            time.sleep(0.2)
 
     def _on_sigterm(self, signum: int, _frame: object) -> None:
         self.terminate_reason = "the supervisor got SIGTERM (Jupyter shut the kernel down or is gone)"

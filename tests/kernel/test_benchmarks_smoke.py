@@ -37,3 +37,22 @@ def test_fault_matrix_quick_run(tmp_path):
     assert [r["state_kept"] for r in results["rows"]] == ["all", "all", "all",
                                                           "all but the dead rank's" if survives_deaths() else "none"]
     assert results["left_after_shutdown"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_one_minute_fault_soak_loses_nothing_and_leaves_nothing(tmp_path):
+    """benchmarks/soak.py, seed 1 for 60 s: cells, maps, push/pull, requests for any server,
+    Stop, SIGKILL + %mpi_restart_dead, SIGSTOP/SIGCONT through a real kernel. Every count
+    must be zero."""
+    if not survives_deaths(True):
+        pytest.skip("the soak kills servers: this launcher does not keep the other ranks")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--minutes", "1", "--seed", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=220)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "soak-1.json").read_text())
+    counts, left = result["counts"], result["left"]
+    assert counts["actions"] > 20, counts
+    problems = {k: v for k, v in counts.items() if k != "actions" and v}
+    assert not problems, (problems, result["examples"])
+    assert left == {"processes": 0, "shm": [], "tmp": []}, left
+    assert result["last"]["fds"] - result["first"]["fds"] <= 5, (result["first"], result["last"])

@@ -207,3 +207,17 @@ def test_a_death_report_says_when_another_launcher_would_have_kept_the_others():
     assert lines[1] == "Every rank's variables are lost."
     _, lines = deaths.report([entry], -9, 3, [], True, deaths.survival_hint("srun"))
     assert "only with MPICH and without --kill-on-bad-exit" in lines[1]
+
+
+def test_the_sweep_removes_only_new_segments_that_no_one_maps(tmp_path, monkeypatch):
+    import time as clock
+
+    from mpi_kernel.jupyter import guard
+    free, held = tmp_path / "mpich_shm_free_0", tmp_path / "mpich_shm_held_0"
+    for path in (free, held):
+        path.write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(guard, "SEGMENTS", str(tmp_path / "mpich_shm_*"))
+    monkeypatch.setattr(guard, "mapped_segments", lambda: {str(held)})
+    assert guard.sweep_shared_memory(clock.time() + 60) == []  # made before the job: not ours
+    assert guard.sweep_shared_memory(clock.time() - 60) == [str(free)]
+    assert held.exists() and not free.exists()
