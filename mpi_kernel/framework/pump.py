@@ -314,12 +314,13 @@ class Pump:
         if self.monitor.table[server].dead is not None:
             return []
         # Its replies already here count: what it answered before dying is not run again.
-        self.receive_all([])
+        answered: list[int] = []
+        self.receive_all(answered)
         self.ended.add((self.monitor.table[server].host, self.monitor.table[server].pid))
         self.monitor.died(server, reason)
         environment.lost_ranks.add(server)
         ids = self.book.die(server, reason)
-        self.dispatch([])  # what it was sent ahead goes to the others now
+        self.dispatch(answered)  # what it was sent ahead goes to the others now
         self.abandoned += self.sends.pop(server, []) + self.sends.pop(None, [])  # (a broadcast
         # it was part of never ends; one it was not in goes on all the same: MPI progresses it)
         for rank in self.servers:
