@@ -111,7 +111,10 @@ class Pump:
             add = self.book.add
             for rank, request_id, message in messages:
                 add(kind, request_id, command, mode, parameters, rank, message)
-            self.dispatch(self.servers if anyone else [rank for rank, _ in items])
+            # Free servers are the book's to find (assign); a batch for any server (a map)
+            # also looks at every busy one, once, for room to send ahead: not each single
+            # request, which at 2,048 ranks would cost a pass over all of them.
+            self.dispatch(self.servers if anyone and len(items) > 1 else [r for r, _ in items if r is not None])
         return [request_id for _, request_id, _ in messages]
 
     def dispatch(self, servers: Iterable[int]) -> None:

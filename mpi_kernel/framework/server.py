@@ -248,7 +248,8 @@ class MPICommandServer:
         return self.broadcasts.poll()
 
     def handle(self, request: tuple) -> None:
-        """Run one request and send its reply (always exactly one)."""
+        """Run one request and send its reply (exactly one), unless the control thread gave
+        it back to the client before it started (claims.py: then it is not run at all)."""
         kind, request_id, command, mode, payload = request
         if not self.claims.start(request_id):  # given back to the client (it was told)
             return

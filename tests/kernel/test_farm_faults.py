@@ -118,3 +118,27 @@ def test_a_local_cell_after_an_unrestarted_death_does_not_hang_the_kernel(kernel
         assert "MPI_ERR_PROC_FAILED" in text or "MPIRankDied" in text, text
         return
     assert "MPIJobDied" in text and "with dead rank 1, which MPICH never returns" in text, text
+
+
+def test_restart_dead_end_busy_works_with_tasks_sent_ahead_to_the_dead_server(kernel):
+    """A death while every server is busy with a map's long tasks and more are sent ahead:
+    --end-busy cancels what is queued, ends the busy servers and replaces them (the tasks sent
+    ahead to the dead one once went back to the queue, and the busy check then refused)."""
+    km, kc = kernel
+    status, out = run(kc, "def task(x):\n    import time\n    time.sleep(x)\n    return rank\n"
+                          "for _ in range(2):\n    rc[:].apply_sync(task, 0)\n"
+                          "ar = lview.map_async(task, [5.0] * 12)\ntime.sleep(0.3)\n"
+                          "print('ahead', sum(map(len, rc.client._book.ahead.values())))\n"
+                          "import os, signal\nos.kill(rc.client.get_server_status(1)['pid'], signal.SIGKILL)\n"
+                          "deadline = time.time() + 10\n"
+                          "while 1 not in rc.client.dead() and time.time() < deadline:\n    time.sleep(0.05)\n"
+                          "print('dead', list(rc.client.dead()))")
+    assert status == "ok" and "dead [1]" in text_of(out), text_of(out) + error_text(out)
+    assert "ahead 0" not in text_of(out), text_of(out)
+    status, out = run(kc, "%mpi_restart_dead --end-busy", timeout=60)
+    assert status == "ok", error_text(out) + text_of(out, "stderr")
+    status, out = run(kc, "r = ar.get(timeout=10, return_exceptions=True)\n"
+                          "print('cancelled', sum('cancelled while queued' in str(e) for e in r))\n"
+                          "print(sorted(set(lview.map_sync(lambda x: rank, range(30)))))")
+    assert status == "ok" and "[0, 1, 2]" in text_of(out), text_of(out) + error_text(out)
+    assert "cancelled 0" not in text_of(out), text_of(out)
