@@ -55,7 +55,7 @@ PROBE = ("_report(fds=len(os.listdir('/proc/self/fd')), "
          "peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "
          "pids=[s['pid'] for s in client.get_server_status().values()], "
          "records=len(client._book.requests), responses=len(client._book.responses), "
-         "mpi=__import__('mpi4py.MPI').MPI.Get_library_version().splitlines()[0].strip(), "
+         "mpi=__import__('mpi4py.MPI').MPI.Get_library_version().splitlines()[0].strip(' \\x00'), "
          "kinds=__import__('collections').Counter(r['command'][:30] for r in client._book.requests.values()).most_common(3))")
 
 
