@@ -75,13 +75,15 @@ def start_kernel(name: str = KERNEL_NAME, timeout: float = 60, attempts: int = 2
 
 @contextlib.contextmanager
 def running_kernel(name: str) -> Iterator[tuple[KernelManager, Any]]:
-    """A started kernel (start_kernel), shut down as Jupyter does at the end."""
+    """A started kernel (start_kernel), shut down as Jupyter does at the end (unless the
+    test did so itself)."""
     km, kc = start_kernel(name)
     try:
         yield km, kc
     finally:
         kc.stop_channels()
-        km.shutdown_kernel(now=False)
+        if km.is_alive():
+            km.shutdown_kernel(now=False)
 
 
 def interrupt_cell(km: KernelManager, kc: Any, code: str, after: float = 1.0) -> tuple[dict, float]:
@@ -185,3 +187,13 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return alive(pids)
+
+
+def install_surviving_kernelspec(prefix: str | Path, name: str) -> Path:
+    """A 4-rank kernelspec whose job keeps the other ranks when a server dies; the calling
+    test (module) skips where this launcher cannot."""
+    import pytest
+    if not survives_deaths(True):
+        pytest.skip("this launcher does not keep the other ranks when one dies")
+    return install_kernelspec(prefix, ranks=4, name=name, survive=True)
+

@@ -94,27 +94,33 @@ def mapped_segments() -> set[str] | None:
     return names
 
 
-def segments_since(since: float) -> list[str]:
-    """This user's MPICH segments made since `since`."""
+def segments_since(since: float, before: float = float("inf")) -> list[str]:
+    """This user's MPICH segments made since `since` (and before `before`)."""
     found = []
     for name in glob.glob(SEGMENTS):
         try:
             info = os.stat(name)
         except OSError:
             continue
-        if info.st_uid == os.getuid() and info.st_ctime >= since:
+        if info.st_uid == os.getuid() and since <= info.st_ctime < before:
             found.append(name)
     return found
 
 
+SETTLED = 1.0  # seconds a segment must have existed before the scan: a new one is not yet mapped
+
+
 def sweep_shared_memory(since: float) -> list[str]:
     """Unlink this user's MPICH segments made since `since` (the guard's start) that no live
-    process maps: garbage of this job. Returns them."""
+    process maps: garbage of this job. Returns them. Only segments older than the scan of
+    the mappings by SETTLED: one made meanwhile (a restart's world, while a guard sweeps after
+    the death it replaces) may not be mapped yet, and unlinking it hung that restart."""
+    scanned = time.time()
     mapped = mapped_segments()
     if mapped is None:
         return []
     swept = []
-    for name in segments_since(since):
+    for name in segments_since(since, before=scanned - SETTLED):
         if name not in mapped:
             try:
                 os.unlink(name)

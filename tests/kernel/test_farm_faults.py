@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from kernel_helpers import (error_text, install_kernelspec, interrupt_cell, run, start_kernel, survival,
-                            survives_deaths, text_of)
+from kernel_helpers import (error_text, install_surviving_kernelspec, interrupt_cell, running_kernel, run, survival,
+                            text_of)
 
 NAME = "mpi-farm-faults"
 SETUP = "import time\nfrom mpi_kernel import Client\nrc = Client()\nlview = rc.load_balanced_view()"
@@ -17,19 +17,14 @@ SETUP = "import time\nfrom mpi_kernel import Client\nrc = Client()\nlview = rc.l
 
 @pytest.fixture(scope="module", autouse=True)
 def kernelspec_installed(tmp_path_factory):
-    if not survives_deaths(True):
-        pytest.skip("this launcher does not keep the other ranks when one dies")
-    return install_kernelspec(tmp_path_factory.mktemp("prefix"), ranks=4, name=NAME, survive=True)
+    return install_surviving_kernelspec(tmp_path_factory.mktemp("prefix"), NAME)
 
 
 @pytest.fixture
 def kernel():
-    km, kc = start_kernel(NAME)
-    assert run(kc, SETUP)[0] == "ok"
-    yield km, kc
-    kc.stop_channels()
-    if km.is_alive():
-        km.shutdown_kernel(now=False)
+    with running_kernel(NAME) as (km, kc):
+        assert run(kc, SETUP)[0] == "ok"
+        yield km, kc
 
 
 def test_a_map_that_loses_a_server_ends_and_the_next_map_uses_every_server(kernel):

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kernel_helpers import (error_text, install_kernelspec, job_pids, run, start_kernel, survival, survives_deaths,
-                            text_of, wait_gone)
+from kernel_helpers import (error_text, install_surviving_kernelspec, job_pids, running_kernel, run, start_kernel,
+                            survival, text_of, wait_gone)
 
 NAME = "mpi-survive"
 KILLS = {
@@ -24,18 +24,13 @@ KILLS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def kernelspec_installed(tmp_path_factory):
-    if not survives_deaths(True):
-        pytest.skip("this launcher does not keep the other ranks when one dies")
-    return install_kernelspec(tmp_path_factory.mktemp("prefix"), ranks=4, name=NAME, survive=True)
+    return install_surviving_kernelspec(tmp_path_factory.mktemp("prefix"), NAME)
 
 
 @pytest.fixture
 def kernel():
-    km, kc = start_kernel(NAME)
-    yield km, kc
-    kc.stop_channels()
-    if km.is_alive():  # (a test may have shut it down itself)
-        km.shutdown_kernel(now=False)
+    with running_kernel(NAME) as (km, kc):
+        yield km, kc
 
 
 def errors(outputs: list[dict]) -> list[dict]:

@@ -219,5 +219,7 @@ def test_the_sweep_removes_only_new_segments_that_no_one_maps(tmp_path, monkeypa
     monkeypatch.setattr(guard, "SEGMENTS", str(tmp_path / "mpich_shm_*"))
     monkeypatch.setattr(guard, "mapped_segments", lambda: {str(held)})
     assert guard.sweep_shared_memory(clock.time() + 60) == []  # made before the job: not ours
+    assert guard.sweep_shared_memory(clock.time() - 60) == []  # too new: maybe not mapped yet
+    monkeypatch.setattr(guard, "SETTLED", -60.0)
     assert guard.sweep_shared_memory(clock.time() - 60) == [str(free)]
     assert held.exists() and not free.exists()
