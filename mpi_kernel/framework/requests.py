@@ -138,7 +138,7 @@ class RequestBook:
         if running is None or server in self.unavailable or self.queues[server]:
             return 0
         request, requests, costs = self.requests.get(running), self.requests, self.cost[server]
-        if request is None or now - request.get("sent_at", now) > SHORT:
+        if request is None or self._running_long(request, now):
             return 0
         longest = costs.get(hash(request["command"]))
         if longest is None:
@@ -156,6 +156,12 @@ class RequestBook:
                 return max(0, depth - 1 - len(ahead))
         return 0
 
+    @staticmethod
+    def _running_long(request: dict, now: float) -> bool:
+        """Has this running request run past SHORT (by the client's clock)? Then nothing
+        more waits behind it, and what already does is taken back."""
+        return now - request.get("sent_at", now) > SHORT
+
     def overdue(self, now: float) -> dict[int, list[int]]:
         """Requests sent ahead that wait behind a request running longer than SHORT (or
         behind a server in timeout) while a server is free and nothing is queued for any:
@@ -168,7 +174,7 @@ class RequestBook:
             if not ahead or server in self.dead:
                 continue
             running = self.requests.get(self.inflight[server] or -1)
-            if server in self.unavailable or running is None or now - running.get("sent_at", now) > SHORT:
+            if server in self.unavailable or running is None or self._running_long(running, now):
                 ids = [i for i in ahead if i not in self.recalling]
                 if ids:
                     self.recalling.update(ids)
